@@ -1,0 +1,1 @@
+"""The ASGI ingest API: validates, authenticates and queues events; never writes PostgreSQL."""

@@ -1,0 +1,97 @@
+"""The app factory: `uvicorn ingest_api.app:create_app --factory`."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ingest_api.limits import BodyLimits
+from ingest_api.problems import install_problem_handlers
+from ingest_api.routes import events, health
+from ingest_api.state import IngestState
+from ingest_api.waiter import OutcomeWaiter
+from shared.db import create_engine, migration_head
+from shared.logging import configure_logging
+from shared.queue import RedisEnqueuer
+from shared.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+EVENT_BODY_LIMIT = 32 * 1024
+
+
+async def check_redis_eviction(client: aioredis.Redis, settings: Settings) -> None:
+    """Eviction silently deletes queued events: refuse it in production, warn loudly in dev."""
+    try:
+        policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
+    except RedisError as exc:
+        log.warning("redis.policy_unknown", error=str(exc))
+        return
+    if policy != "noeviction":
+        message = f"Redis maxmemory-policy is {policy!r}: queued events can be evicted (lost)"
+        if settings.env == "prod":
+            raise RuntimeError(message + "; set it to noeviction")
+        log.warning("redis.eviction_enabled", policy=policy, detail=message)
+
+
+def _redis(settings: Settings, *, timeout: float | None) -> aioredis.Redis:
+    # No client-side retries: a slow or absent Redis must turn into a quick 503, not a hang.
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=settings.enqueue_timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=64,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = _redis(settings, timeout=settings.enqueue_timeout_seconds)
+        waiter = OutcomeWaiter(_redis(settings, timeout=None))
+        await check_redis_eviction(client, settings)
+        engine = create_engine(settings)
+        app.state.ingest = IngestState(
+            settings=settings,
+            redis=client,
+            enqueuer=RedisEnqueuer(
+                client,
+                timeout=settings.enqueue_timeout_seconds,
+                marker_ttl=settings.queued_marker_ttl_seconds,
+                max_events_per_message=settings.enqueue_max_events_per_message,
+            ),
+            waiter=waiter,
+            engine=engine,
+        )
+        waiter.start()
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            await client.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Leadstream",
+        version="1",
+        summary="Event ingestion compatible with Sure Send's POST /api/partner/events.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.settings = settings
+    app.state.migration_head = migration_head()
+    install_problem_handlers(app)
+    app.include_router(events.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimits, limits={events.router.prefix: EVENT_BODY_LIMIT})
+    return app

@@ -1,0 +1,195 @@
+"""POST /api/partner/events and GET /api/partner/events/{id}."""
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from ingest_api.auth import require_scope
+from ingest_api.problems import ProblemError, problem_response
+from ingest_api.state import IngestState
+from shared.auth import READ_SCOPE, WRITE_SCOPE, Principal
+from shared.ids import new_event_id
+from shared.outcomes import StoredOutcome, event_key, idempotency_key
+from shared.queue import Envelope, QueueUnavailableError, queue_for
+from shared.repository import load_outcomes
+from shared.schemas import Accepted, EventIn, EventOutcome, Problem
+
+router = APIRouter(prefix="/api/partner/events", tags=["events"])
+
+EVENTS_ACCEPTED = Counter("leadstream_events_accepted_total", "Events queued", ["queue"])
+ENQUEUE_FAILURES = Counter("leadstream_enqueue_failures_total", "Events refused with 503")
+IDEMPOTENT_REPLAYS = Counter("leadstream_idempotent_replays_total", "Repeated Idempotency-Keys")
+
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
+_RETRY_AFTER = {"Retry-After": "1"}
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": text}
+    for code, text in {
+        400: "Malformed JSON",
+        401: "Missing or invalid token",
+        403: "Token lacks the scope",
+        404: "Person or company not found (with Prefer: wait)",
+        413: "Body over 32 KB",
+        415: "Not application/json",
+        422: "Invalid event: every wrong field in errors[].loc",
+        503: "Queue unavailable: retry after Retry-After seconds",
+    }.items()
+}
+
+
+def _state(request: Request) -> IngestState:
+    state: IngestState = request.app.state.ingest
+    return state
+
+
+def _wait_seconds(prefer: str | None, limit: int) -> int | None:
+    match = _WAIT.search(prefer) if prefer else None
+    return min(int(match.group(1)), limit) if match else None
+
+
+def _queued(event_id: UUID, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"id": str(event_id), "status": "queued"}),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": f"{router.prefix}/{event_id}", **(headers or {})},
+    )
+
+
+def _outcome_response(
+    event_id: UUID, outcome: StoredOutcome, headers: dict[str, str] | None = None
+) -> Response:
+    headers = {"Location": f"{router.prefix}/{event_id}", **(headers or {})}
+    if outcome.status == "queued":
+        return _queued(event_id, headers)
+    status = outcome.http_status or 500
+    media = "application/problem+json" if outcome.status == "failed" else "application/json"
+    return Response(orjson.dumps(outcome.body), status_code=status, media_type=media, headers=headers)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Accepted,
+    summary="Create an event",
+    responses={
+        200: {"model": EventOutcome, "description": "Prefer: wait — person and company existed"},
+        201: {"model": EventOutcome, "description": "Prefer: wait — a person or company created"},
+        **_PROBLEMS,
+    },
+)
+async def create_event(
+    event: EventIn,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_scope(WRITE_SCOPE))],
+    prefer: Annotated[str | None, Header(description="`wait=N` (N ≤ 30 s)")] = None,
+    idempotency_key_header: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
+) -> Response:
+    """Queue one event (202), or wait up to N seconds for Sure Send's 201/200 answer."""
+    state = _state(request)
+    wait = _wait_seconds(prefer, state.settings.max_wait_seconds)
+    applied = {"Preference-Applied": f"wait={wait}"} if wait is not None else {}
+    envelope = Envelope(
+        id=new_event_id(),
+        tenant_id=principal.tenant_id,
+        received_at=datetime.now(UTC),
+        idempotency_key=idempotency_key_header,
+        notify=wait is not None,
+        payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
+    )
+
+    if idempotency_key_header is not None:
+        first = await _claim_idempotency_key(state, envelope, idempotency_key_header)
+        if first is not None:
+            IDEMPOTENT_REPLAYS.inc()
+            replay = {**applied, "Idempotent-Replayed": "true"}
+            if wait is None:
+                return _queued(first, replay)
+            future = state.waiter.register(first)
+            outcome = await state.waiter.wait(first, future, wait)
+            return _outcome_response(first, outcome, replay) if outcome else _queued(first, replay)
+
+    future = state.waiter.register(envelope.id) if wait is not None else None
+    try:
+        await state.enqueuer.enqueue(envelope, queue=queue_for(event.type))
+    except QueueUnavailableError as exc:
+        if future is not None:
+            state.waiter.unregister(envelope.id, future)
+        if idempotency_key_header is not None:
+            await _release_idempotency_key(state, envelope, idempotency_key_header)
+        ENQUEUE_FAILURES.inc()
+        raise ProblemError(
+            503, "Queue unavailable", str(exc), kind="queue-unavailable", headers=_RETRY_AFTER
+        ) from None
+    EVENTS_ACCEPTED.labels(queue_for(event.type)).inc()
+    if future is None or wait is None:
+        return _queued(envelope.id)
+    outcome = await state.waiter.wait(envelope.id, future, wait)
+    return _outcome_response(envelope.id, outcome, applied) if outcome else _queued(envelope.id, applied)
+
+
+async def _claim_idempotency_key(state: IngestState, envelope: Envelope, key: str) -> UUID | None:
+    """None if this request owns the key now, else the id of the event that owns it."""
+    redis_key = idempotency_key(envelope.tenant_id, key)
+    try:
+        claimed = await state.redis.set(
+            redis_key, str(envelope.id), nx=True, ex=state.settings.idempotency_ttl_seconds
+        )
+        if claimed:
+            return None
+        first = await state.redis.get(redis_key)
+    except (RedisError, OSError) as exc:
+        raise ProblemError(
+            503, "Queue unavailable", f"redis: {exc}", kind="queue-unavailable",
+            headers=_RETRY_AFTER,
+        ) from None
+    return UUID(first.decode()) if first else None
+
+
+async def _release_idempotency_key(state: IngestState, envelope: Envelope, key: str) -> None:
+    # The event was not queued, so a retry with the same key must be able to queue it.
+    try:
+        await state.redis.delete(idempotency_key(envelope.tenant_id, key))
+    except (RedisError, OSError):
+        pass
+
+
+@router.get(
+    "/{event_id}",
+    summary="Read an event's outcome",
+    responses={
+        200: {"model": EventOutcome},
+        201: {"model": EventOutcome},
+        202: {"model": Accepted, "description": "Still queued"},
+        **_PROBLEMS,
+    },
+)
+async def read_event(
+    event_id: UUID,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_scope(READ_SCOPE))],
+) -> Response:
+    """The outcome while Redis keeps it, then the database; 404 for unknown or foreign ids."""
+    state = _state(request)
+    try:
+        raw = await state.redis.get(event_key(event_id))
+    except (RedisError, OSError):
+        raw = None  # reads fall back to the database
+    if raw:
+        outcome = StoredOutcome.loads(raw)
+        if outcome.tenant_id == principal.tenant_id:
+            return _outcome_response(event_id, outcome)
+    async with state.engine.connect() as conn:
+        stored = await load_outcomes(conn, [event_id], tenant_id=principal.tenant_id)
+    if event_id in stored:
+        return _outcome_response(event_id, stored[event_id])
+    return problem_response(404, "Not found", f"no event {event_id}", kind="not-found")

@@ -1,0 +1,54 @@
+"""Bearer tokens: HS256 JWTs naming the tenant (`tid`) and scopes, minted by the CLI."""
+
+import time
+from dataclasses import dataclass
+from uuid import UUID
+
+import jwt
+
+from shared.settings import Settings
+
+WRITE_SCOPE = "events:write"
+READ_SCOPE = "events:read"
+ALL_SCOPES = (WRITE_SCOPE, READ_SCOPE)
+_ISSUER = "leadstream"
+
+
+class InvalidTokenError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: UUID
+    scopes: frozenset[str]
+
+
+def mint_token(
+    settings: Settings, *, tenant_id: UUID, scopes: tuple[str, ...], ttl_seconds: int
+) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": _ISSUER,
+        "tid": str(tenant_id),
+        "scope": " ".join(scopes),
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
+
+
+def verify_token(settings: Settings, token: str) -> Principal:
+    try:
+        # Only the configured algorithm: `alg: none` and algorithm swaps are refused.
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[settings.jwt_algorithm],
+            issuer=_ISSUER,
+            options={"require": ["exp", "tid", "iss"]},
+        )
+        tenant_id = UUID(str(claims["tid"]))
+    except (jwt.PyJWTError, ValueError) as exc:
+        raise InvalidTokenError(str(exc)) from None
+    return Principal(tenant_id=tenant_id, scopes=frozenset(str(claims.get("scope", "")).split()))

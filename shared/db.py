@@ -1,0 +1,28 @@
+"""Engine factory. Sessions and transactions belong to the boundary (a request or a task)."""
+
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from shared.settings import Settings
+
+
+def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+    return create_async_engine(
+        settings.database_url,
+        pool_size=pool_size or settings.db_pool_size,
+        pool_pre_ping=True,
+        connect_args={
+            # A lock wait that long means something is stuck: fail and let the task retry.
+            "server_settings": {"lock_timeout": str(settings.db_lock_timeout_ms)},
+        },
+    )
+
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+
+
+def migration_head() -> str | None:
+    """The newest Alembic revision this code expects."""
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()

@@ -1,0 +1,194 @@
+"""Tables. Every row carries tenant_id and every unique key starts with it."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _tenant_fk() -> Mapped[uuid.UUID]:
+    return mapped_column(UUID, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    # Region for phone numbers written without a country code (ISO 3166 alpha-2).
+    default_region: Mapped[str] = mapped_column(String(2))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("now()"))
+
+
+class Company(Base):
+    __tablename__ = "companies"
+    __table_args__ = (UniqueConstraint("tenant_id", "name_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(255))
+    # shared.identity.company_key(name): what "the same company" means.
+    name_key: Mapped[str] = mapped_column(String(255))
+    website: Mapped[str | None] = mapped_column(Text)
+    industry: Mapped[str | None] = mapped_column(String(255))
+    company_size: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Person(Base):
+    __tablename__ = "people"
+    __table_args__ = (Index("ix_people_tenant_id_created_at", "tenant_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    first_name: Mapped[str | None] = mapped_column(String(255))
+    last_name: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    source: Mapped[str | None] = mapped_column(String(255))
+    stage: Mapped[str | None] = mapped_column(String(255))
+    company_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID, ForeignKey("companies.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class _ContactPoint:
+    """Columns shared by e-mails and phones: the normalised value is unique per tenant."""
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    value: Mapped[str] = mapped_column(String(320), primary_key=True)
+    type: Mapped[str | None] = mapped_column(String(255))
+    is_primary: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class PersonEmail(_ContactPoint, Base):
+    __tablename__ = "person_emails"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("people.id", ondelete="CASCADE"), index=True
+    )
+
+
+class PersonPhone(_ContactPoint, Base):
+    __tablename__ = "person_phones"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("people.id", ondelete="CASCADE"), index=True
+    )
+
+
+class Visitor(Base):
+    """An anonymous browser id, once it has been tied to a person."""
+
+    __tablename__ = "visitors"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("people.id", ondelete="CASCADE"), index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_timeline", "tenant_id", "person_id", "occurred_at"),
+        Index(
+            "ix_events_anonymous_visitor",
+            "tenant_id",
+            "visitor_id",
+            postgresql_where=text("person_id IS NULL"),
+        ),
+    )
+
+    # Fixed by the API at ingest (UUIDv7), so a redelivered message cannot insert twice.
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    person_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID, ForeignKey("people.id", ondelete="SET NULL")
+    )
+    company_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID, ForeignKey("companies.id", ondelete="SET NULL")
+    )
+    visitor_id: Mapped[str | None] = mapped_column(String(128))
+    event_type: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+    received_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    source: Mapped[str | None] = mapped_column(String(255))
+    page_url: Mapped[str | None] = mapped_column(Text)
+    page_title: Mapped[str | None] = mapped_column(Text)
+    page_referrer: Mapped[str | None] = mapped_column(Text)
+    page_duration: Mapped[int | None] = mapped_column(Integer)
+    property: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    property_search: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    message: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    # The outcome as first computed, so a redelivery re-publishes the same answer.
+    was_person_created: Mapped[bool] = mapped_column(Boolean)
+    was_company_created: Mapped[bool | None] = mapped_column(Boolean)
+    match_conflict: Mapped[list[str] | None] = mapped_column(JSONB)
+
+
+class IdempotencyKey(Base):
+    """The database's last line of defence behind the API's Redis check (24 h there)."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class DeadLetter(Base):
+    """An event that cannot succeed, kept with its reason for inspection and replay."""
+
+    __tablename__ = "dead_letters"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    # No foreign key: an event of a since-deleted tenant is still kept here.
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID, index=True)
+    reason: Mapped[str] = mapped_column(String(64), index=True)
+    problem: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    failed_at: Mapped[datetime] = mapped_column(Timestamp)
+    replayed_at: Mapped[datetime | None] = mapped_column(Timestamp)

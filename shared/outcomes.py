@@ -1,0 +1,47 @@
+"""The outcome contract between the worker (writer) and the API (reader), kept in Redis.
+
+`ls:event:<id>` holds `{"tenantId", "status": "queued"}` from the moment the API queues an
+event, then the worker's outcome `{"tenantId", "status": "processed"|"failed", "httpStatus",
+"body"}`. Outcomes of events whose caller waits (`Prefer: wait`) are also published on
+OUTCOME_CHANNEL; every outcome is appended to OUTCOME_STREAM for downstream consumers.
+"""
+
+from typing import Any, Literal
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+OUTCOME_CHANNEL = "ls:outcomes"
+OUTCOME_STREAM = "ls:outcomes:stream"
+
+Status = Literal["queued", "processed", "failed"]
+
+
+def event_key(event_id: UUID | str) -> str:
+    return f"ls:event:{event_id}"
+
+
+def idempotency_key(tenant_id: UUID | str, key: str) -> str:
+    return f"ls:idem:{tenant_id}:{key}"
+
+
+class StoredOutcome(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    tenant_id: UUID
+    status: Status
+    http_status: int | None = None
+    body: dict[str, Any] | None = None
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> "StoredOutcome":
+        return cls.model_validate(orjson.loads(raw))
+
+
+def queued_marker(tenant_id: UUID) -> bytes:
+    return StoredOutcome(tenant_id=tenant_id, status="queued").dumps()

@@ -1,0 +1,246 @@
+"""The public API contract (camelCase on the wire), shared by the API and the worker.
+
+The worker validates every envelope's payload with the same models, so a payload the API
+accepted under an older schema and the current code cannot read fails visibly (dead letter).
+"""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from shared.identity import check_phone, normalize_email
+
+KNOWN_EVENT_TYPES = frozenset(
+    {
+        "page_view",
+        "property_view",
+        "saved_property",
+        "search",
+        "form_submission",
+        "inquiry",
+        "email_opened",
+        "email_clicked",
+        "appointment_scheduled",
+        "document_downloaded",
+    }
+)
+
+Number = Annotated[int | float, Field(ge=0)]
+Url = Annotated[str, Field(min_length=1, max_length=2048)]
+ShortText = Annotated[str, Field(max_length=255)]
+Email = Annotated[str, Field(max_length=320), AfterValidator(normalize_email)]
+Phone = Annotated[str, Field(max_length=64), AfterValidator(check_phone)]
+
+
+class Contract(BaseModel):
+    """Base of the public contract: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class EmailIn(Contract):
+    value: Email
+    is_primary: bool | None = None
+    type: ShortText | None = None
+
+
+class PhoneIn(Contract):
+    value: Phone
+    is_primary: bool | None = None
+    type: ShortText | None = None
+
+
+def _as_contact(entry: Any) -> Any:
+    """Sure Send's string-array format: "a@b.com" means {"value": "a@b.com"}."""
+    return {"value": entry} if isinstance(entry, str) else entry
+
+
+class PersonIn(Contract):
+    """With the string-array format, the first e-mail and the first phone are primary."""
+
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+    emails: list[Annotated[EmailIn, BeforeValidator(_as_contact)]] = Field(
+        default_factory=list, max_length=20
+    )
+    phones: list[Annotated[PhoneIn, BeforeValidator(_as_contact)]] = Field(
+        default_factory=list, max_length=20
+    )
+    tags: list[ShortText] = Field(default_factory=list, max_length=50)
+    source: ShortText | None = None
+    stage: ShortText | None = None
+
+    def has_identity(self) -> bool:
+        return bool(self.emails or self.phones or self.first_name or self.last_name)
+
+
+class CompanyIn(Contract):
+    id: UUID | None = None
+    name: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    website: Url | None = None
+    industry: ShortText | None = None
+    company_size: ShortText | None = None
+    description: Annotated[str, Field(max_length=4000)] | None = None
+
+    @model_validator(mode="after")
+    def _id_or_name(self) -> "CompanyIn":
+        if self.id is None and not (self.name and self.name.strip()):
+            raise ValueError("a company needs an id or a name")
+        return self
+
+
+class PropertyIn(Contract):
+    id: ShortText | int | None = None
+    address: Annotated[str, Field(max_length=1024)] | None = None
+    url: Url | None = None
+    price: Number | None = None
+    beds: Number | None = None
+    baths: Number | None = None
+    sqft: Number | None = None
+    image_url: Url | None = None
+
+
+class PropertySearchIn(Contract):
+    min_price: Number | None = None
+    max_price: Number | None = None
+    beds: Number | None = None
+    baths: Number | None = None
+    location: Annotated[str, Field(max_length=1024)] | None = None
+    property_type: ShortText | None = None
+
+
+class EventIn(Contract):
+    """One event as partners, webhooks and browsers send it."""
+
+    type: Annotated[str, Field(min_length=1, max_length=64)]
+    person_id: UUID | None = None
+    person: PersonIn | None = None
+    company: CompanyIn | None = None
+    visitor_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    page_url: Url | None = None
+    page_title: Annotated[str, Field(max_length=1024)] | None = None
+    page_referrer: Url | None = None
+    page_duration: Annotated[int, Field(ge=0)] | None = None
+    property: PropertyIn | None = None
+    property_search: PropertySearchIn | None = None
+    message: Annotated[str, Field(max_length=10_000)] | None = None
+    metadata: dict[str, Any] | None = None
+    ip_address: IPvAnyAddress | None = None
+    user_agent: Annotated[str, Field(max_length=1024)] | None = None
+    occurred_at: AwareDatetime | None = None
+    sent_at: AwareDatetime | None = None
+    source: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _someone(self) -> "EventIn":
+        has_person = self.person is not None and self.person.has_identity()
+        if self.person_id is None and not has_person and self.visitor_id is None:
+            raise ValueError(
+                "an event needs personId, a person with an e-mail, a phone or a name, or visitorId"
+            )
+        return self
+
+
+# Responses ---------------------------------------------------------------------------------
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class Accepted(Response):
+    id: UUID
+    status: Literal["queued"] = "queued"
+
+
+class ContactPoint(Response):
+    value: str
+    type: str | None = None
+    is_primary: bool
+
+
+class PersonOut(Response):
+    id: UUID
+    first_name: str | None = None
+    last_name: str | None = None
+    name: str | None = None
+    emails: list[ContactPoint]
+    phones: list[ContactPoint]
+    tags: list[str] = Field(default_factory=list)
+    source: str | None = None
+    stage: str | None = None
+    company_id: UUID | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class CompanyOut(Response):
+    id: UUID
+    name: str
+    website: str | None = None
+    industry: str | None = None
+    company_size: str | None = None
+    description: str | None = None
+    created: datetime
+    updated: datetime
+
+
+class EventOut(Response):
+    """The stored event: its ids and times plus the fields that were sent."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    id: UUID
+    person_id: UUID | None = None
+    company_id: UUID | None = None
+    event_type: str
+    occurred_at: datetime
+    created_at: datetime
+
+
+class MatchConflict(Response):
+    """The event's identities also belong to other people, who were left untouched."""
+
+    other_person_ids: list[UUID]
+
+
+class EventOutcome(Response):
+    """Sure Send's create-event response (201 when a person or company was created)."""
+
+    event: EventOut
+    person: PersonOut | None = None
+    company: CompanyOut | None = None
+    was_person_created: bool
+    was_company_created: bool | None = None
+    match_conflict: MatchConflict | None = None
+
+
+class ProblemError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[ProblemError] | None = None
+    event_id: UUID | None = Field(None, alias="eventId")

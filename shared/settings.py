@@ -1,0 +1,64 @@
+"""The one settings object, read from `LEADSTREAM_*` environment variables (see README)."""
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-change-me-leadstream-secret-32b"  # noqa: S105 - refused when env=prod
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADSTREAM_", extra="ignore")
+
+    env: Literal["dev", "prod"] = "dev"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/leadstream"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Celery's broker; empty means redis_url. An amqp:// URL moves the queues to RabbitMQ.
+    broker_url: str = ""
+
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+
+    default_phone_region: str = "US"
+    max_wait_seconds: int = Field(30, ge=0, le=300)
+    # How long the API waits for Redis before answering 503: it must never hang.
+    enqueue_timeout_seconds: float = Field(1.0, gt=0)
+    enqueue_max_events_per_message: int = Field(200, ge=1, le=1000)
+    queued_marker_ttl_seconds: int = 7 * 24 * 3600
+    outcome_ttl_seconds: int = 3600
+    idempotency_ttl_seconds: int = 24 * 3600
+    outcome_stream_maxlen: int = 100_000
+
+    worker_concurrency: int = Field(2, ge=1)
+    # Redelivery of an unacked message happens after this; it must exceed the hard time limit.
+    visibility_timeout_seconds: int = 300
+    task_soft_time_limit_seconds: int = 60
+    task_time_limit_seconds: int = 90
+    task_max_retries: int = 8
+    db_pool_size: int = 5
+    db_lock_timeout_ms: int = 10_000
+
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.celery_broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    if settings.env == "prod" and settings.jwt_secret == DEV_JWT_SECRET:
+        raise RuntimeError("LEADSTREAM_JWT_SECRET must be set in production")
+    return settings

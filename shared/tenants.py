@@ -1,0 +1,32 @@
+"""Tenant administration used by the CLI."""
+
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.ids import new_event_id
+from shared.models import Tenant
+
+tenants_t = Tenant.__table__
+
+
+async def ensure_tenant(conn: AsyncConnection, *, name: str, default_region: str) -> UUID:
+    """The id of the tenant called `name`, created if missing (safe to run concurrently)."""
+    await conn.execute(
+        insert(tenants_t)
+        .values(id=new_event_id(), name=name, default_region=default_region.upper())
+        .on_conflict_do_nothing(index_elements=[tenants_t.c.name])
+    )
+    tenant_id: UUID = (
+        await conn.execute(select(tenants_t.c.id).where(tenants_t.c.name == name))
+    ).scalar_one()
+    return tenant_id
+
+
+async def find_tenant(conn: AsyncConnection, *, name: str) -> UUID | None:
+    found: UUID | None = (
+        await conn.execute(select(tenants_t.c.id).where(tenants_t.c.name == name))
+    ).scalar_one_or_none()
+    return found

@@ -1,0 +1,151 @@
+"""The Celery app: configuration, the per-process runtime, and the one task decorator."""
+
+import asyncio
+import functools
+import os
+import random
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+import structlog
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_process_shutdown
+from kombu import Queue
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import create_engine
+from shared.logging import configure_logging
+from shared.queue import ACTIVITY_QUEUE, LEADS_QUEUE
+from shared.settings import Settings, get_settings
+
+settings = get_settings()
+configure_logging(settings)
+log = structlog.get_logger(__name__)
+
+_queue_arguments = {} if settings.broker_is_redis else {"x-queue-type": "quorum"}
+
+app = Celery("leadstream", broker=settings.celery_broker_url)
+app.conf.update(
+    # At-least-once delivery; the tasks make it exactly-once in effect.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    task_serializer="json",
+    accept_content=["json"],
+    # `leads` is listed first and polled first, so a page-view burst cannot delay a lead.
+    task_queues=(
+        Queue(LEADS_QUEUE, routing_key=LEADS_QUEUE, queue_arguments=_queue_arguments),
+        Queue(ACTIVITY_QUEUE, routing_key=ACTIVITY_QUEUE, queue_arguments=_queue_arguments),
+    ),
+    task_default_queue=ACTIVITY_QUEUE,
+    broker_transport_options={
+        "queue_order_strategy": "priority",
+        # An unacked message is redelivered after this: longer than any task may run.
+        "visibility_timeout": settings.visibility_timeout_seconds,
+    },
+    broker_connection_retry_on_startup=True,
+    task_soft_time_limit=settings.task_soft_time_limit_seconds,
+    task_time_limit=settings.task_time_limit_seconds,
+    worker_send_task_events=True,  # Flower
+    worker_hijack_root_logger=False,
+)
+if settings.task_time_limit_seconds >= settings.visibility_timeout_seconds:
+    raise RuntimeError("visibility_timeout must exceed the task time limit, or tasks run twice")
+
+
+@dataclass
+class Runtime:
+    """One event loop, database engine and Redis client per worker process."""
+
+    pid: int
+    loop: asyncio.AbstractEventLoop
+    engine: AsyncEngine
+    redis: redis.Redis
+    settings: Settings
+
+    T = TypeVar("T")
+
+    def run(self, coro: Coroutine[Any, Any, "Runtime.T"]) -> "Runtime.T":
+        return self.loop.run_until_complete(coro)
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime, made on first use after a fork (never inherited from a parent)."""
+    global _runtime  # noqa: PLW0603 - one per process by design
+    if _runtime is None or _runtime.pid != os.getpid():
+        _runtime = Runtime(
+            pid=os.getpid(),
+            loop=asyncio.new_event_loop(),
+            engine=create_engine(settings, pool_size=2),
+            redis=redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=5,
+                socket_connect_timeout=2,
+                retry=Retry(ExponentialBackoff(cap=1.0), 3),
+            ),
+            settings=settings,
+        )
+    return _runtime
+
+
+@worker_process_init.connect
+def _init_process(**_: Any) -> None:
+    runtime()
+
+
+@worker_process_shutdown.connect
+def _shutdown_process(**_: Any) -> None:
+    if _runtime is not None and _runtime.pid == os.getpid():
+        _runtime.run(_runtime.engine.dispose())
+        _runtime.redis.close()
+
+
+class TransientError(Exception):
+    """Worth retrying later: the database or Redis is unreachable or contended."""
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff with full jitter, capped at a minute."""
+    return random.uniform(0, min(60.0, 2.0**retries))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def leadstream_task(*, name: str) -> Callable[[F], Task]:
+    """The one way to declare a task: stable name, acks late, retries on TransientError forever.
+
+    Transient failures never drop an accepted event: the task is retried with backoff until
+    the database is back. Anything else is a bug in one event, which the task isolates itself.
+    """
+
+    def decorate(fn: F) -> Task:
+        @functools.wraps(fn)
+        def run(self: Task, *args: Any, **kwargs: Any) -> Any:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(task_id=self.request.id, task=name)
+            try:
+                return fn(self, *args, **kwargs)
+            except TransientError as exc:
+                countdown = retry_countdown(self.request.retries)
+                log.warning("task.retry", error=str(exc), retries=self.request.retries,
+                            countdown=round(countdown, 2))
+                raise self.retry(exc=exc, countdown=countdown) from exc
+
+        return app.task(
+            name=name, bind=True, acks_late=True, reject_on_worker_lost=True,
+            ignore_result=True, max_retries=None,
+        )(run)
+
+    return decorate
+
+
+import worker.tasks  # noqa: E402, F401 - registers the tasks with the app
