@@ -123,6 +123,24 @@ class PropertySearchIn(Contract):
     property_type: ShortText | None = None
 
 
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first string holding U+0000 (PostgreSQL cannot store it), if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: Any = (
+        value.items() if isinstance(value, dict)
+        else enumerate(value) if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        child = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return child
+        if (found := _nul_path(item, child)) is not None:
+            return found
+    return None
+
+
 class EventIn(Contract):
     """One event as partners, webhooks and browsers send it."""
 
@@ -144,6 +162,13 @@ class EventIn(Contract):
     occurred_at: AwareDatetime | None = None
     sent_at: AwareDatetime | None = None
     source: ShortText | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        if (path := _nul_path(data, "")) is not None:
+            raise ValueError(f"{path or 'a key'} contains a NUL character, which cannot be stored")
+        return data
 
     @model_validator(mode="after")
     def _someone(self) -> "EventIn":

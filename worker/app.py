@@ -131,7 +131,9 @@ def leadstream_task(*, name: str) -> Callable[[F], Task]:
         @functools.wraps(fn)
         def run(self: Task, *args: Any, **kwargs: Any) -> Any:
             structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(task_id=self.request.id, task=name)
+            structlog.contextvars.bind_contextvars(
+                task_id=self.request.id, task=name, pid=os.getpid()
+            )
             try:
                 return fn(self, *args, **kwargs)
             except TransientError as exc:

@@ -13,6 +13,7 @@ a batch fast. A poison event (an unexpected error) is isolated by the task, whic
 batch without it.
 """
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -484,7 +485,8 @@ class Batch:
             }
         occurred = e.occurred_at or env.received_at
         if e.occurred_at is not None and e.sent_at is not None:
-            occurred = e.occurred_at + (env.received_at - e.sent_at)  # the client's clock skew
+            with contextlib.suppress(OverflowError):  # an absurd skew is left uncorrected
+                occurred = e.occurred_at + (env.received_at - e.sent_at)
         self.event_rows.append(
             {
                 "id": env.id,
@@ -530,7 +532,7 @@ class Batch:
                 "tenant_id": envelope.tenant_id,
                 "reason": error.reason,
                 "problem": error.problem(envelope.id),
-                "envelope": envelope.to_wire(),
+                "envelope": _storable(envelope.to_wire()),
                 "failed_at": self.now,
                 "replayed_at": None,
             }
@@ -634,6 +636,14 @@ class Batch:
         }
 
 
+class PoisonEventError(Exception):
+    """An unexpected error while planning one event (a bug); the batch is rerun without it."""
+
+    def __init__(self, event_id: UUID, error: Exception) -> None:
+        super().__init__(f"event {event_id}: {error!r}")
+        self.event_id, self.error = event_id, error
+
+
 class DuplicateEventError(Exception):
     """An event row appeared under our locks; retrying the batch is always safe."""
 
@@ -657,6 +667,17 @@ async def _insert_and_update(
             .values({c: bindparam(c) for c in columns}),
             [{"b_id": row["id"], **{c: row[c] for c in columns}} for row in dirty],
         )
+
+
+def _storable(value: Any) -> Any:
+    """PostgreSQL refuses NUL in text and JSON: keep a dead letter storable whatever it holds."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 def _json(model: Any) -> dict[str, Any] | None:
@@ -749,6 +770,9 @@ async def process_batch(
                 created += 1
             except EventFailedError as exc:
                 batch.add_failure(env, exc)
+            except Exception as exc:
+                # The plan may be half-changed: the caller reruns the batch without this event.
+                raise PoisonEventError(env.id, exc) from exc
             done_ids.add(env.id)
             if key:
                 first_by_key[key] = env.id

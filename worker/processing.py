@@ -15,7 +15,13 @@ from shared.outcomes import OUTCOME_CHANNEL, OUTCOME_STREAM, StoredOutcome, even
 from shared.queue import Envelope
 from shared.settings import Settings
 from worker.app import TransientError
-from worker.matching import BatchResult, DuplicateEventError, EventFailedError, process_batch
+from worker.matching import (
+    BatchResult,
+    DuplicateEventError,
+    EventFailedError,
+    PoisonEventError,
+    process_batch,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +31,12 @@ _CONTENTION_ATTEMPTS = 5
 
 
 def _sqlstate(exc: DBAPIError) -> str:
-    return str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+    # SQLAlchemy's asyncpg adapter keeps the driver's error (with its SQLSTATE) as the cause.
+    for error in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        state = getattr(error, "sqlstate", None)
+        if state:
+            return str(state)
+    return ""
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -36,14 +47,26 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 
 async def commit_batch(engine: AsyncEngine, envelopes: list[Envelope]) -> BatchResult:
-    """Process a batch in one transaction; isolate an event the database rejects by bisection."""
+    """Process a batch in one transaction, retrying contention and isolating poison events.
+
+    Unavailability raises TransientError (the task retries later). An error that is neither
+    contention nor unavailability is pinned on one event by bisection and dead-lettered.
+    """
     poisoned: dict[UUID, EventFailedError] = {}
-    for attempt in range(_CONTENTION_ATTEMPTS):
+    contention = 0
+    while True:
         try:
             async with engine.begin() as conn:
                 return await process_batch(
                     conn, envelopes, now=datetime.now(UTC), poisoned=poisoned
                 )
+        except PoisonEventError as exc:
+            log.error("event.poison", event_id=str(exc.event_id), error=repr(exc.error))
+            poisoned[exc.event_id] = EventFailedError(
+                "processing_error", 500, "Processing error",
+                f"the worker failed on this event: {type(exc.error).__name__}",
+            )
+            continue
         except DuplicateEventError:
             pass
         except DBAPIError as exc:
@@ -53,23 +76,39 @@ async def commit_batch(engine: AsyncEngine, envelopes: list[Envelope]) -> BatchR
                 return await _bisect(engine, envelopes, exc)
         except (OSError, ConnectionError, TimeoutError) as exc:
             raise TransientError(f"database unreachable: {exc!r}") from exc
-        log.info("batch.contention_retry", attempt=attempt + 1)
-        await asyncio.sleep(random.uniform(0.01, 0.05 * 2**attempt))
-    raise TransientError("lock contention persisted")
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one event, not the batch
+            return await _bisect(engine, envelopes, exc)
+        contention += 1
+        if contention >= _CONTENTION_ATTEMPTS:
+            raise TransientError("lock contention persisted")
+        log.info("batch.contention_retry", attempt=contention)
+        await asyncio.sleep(random.uniform(0.01, 0.05 * 2**contention))
 
 
-async def _bisect(engine: AsyncEngine, envelopes: list[Envelope], exc: DBAPIError) -> BatchResult:
+async def _bisect(engine: AsyncEngine, envelopes: list[Envelope], exc: Exception) -> BatchResult:
     if len(envelopes) == 1:
         (envelope,) = envelopes
-        log.error("event.rejected_by_database", event_id=str(envelope.id), error=str(exc.orig))
-        error = EventFailedError(
-            "rejected_by_database", 422, "Rejected by the database",
-            f"the database refused this event: {type(exc.orig).__name__}",
-        )
-        async with engine.begin() as conn:
-            return await process_batch(
-                conn, envelopes, now=datetime.now(UTC), poisoned={envelope.id: error}
+        state = _sqlstate(exc) if isinstance(exc, DBAPIError) else ""
+        log.error("event.rejected", event_id=str(envelope.id), error=repr(exc), sqlstate=state)
+        error = (
+            EventFailedError(
+                "rejected_by_database", 422, "Rejected by the database",
+                f"the database refused this event (SQLSTATE {state or 'unknown'})",
             )
+            if isinstance(exc, DBAPIError)
+            else EventFailedError(
+                "processing_error", 500, "Processing error",
+                f"the worker failed on this event: {type(exc).__name__}",
+            )
+        )
+        try:
+            async with engine.begin() as conn:
+                return await process_batch(
+                    conn, envelopes, now=datetime.now(UTC), poisoned={envelope.id: error}
+                )
+        except Exception as again:
+            # Not even the dead letter could be written: keep the message and try later.
+            raise TransientError(f"cannot dead-letter {envelope.id}: {again!r}") from again
     middle = len(envelopes) // 2
     left = await commit_batch(engine, envelopes[:middle])
     right = await commit_batch(engine, envelopes[middle:])

@@ -1,0 +1,80 @@
+"""Building and pushing real queue messages, and reading what the worker wrote."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.models import Company, Event, Person, PersonEmail
+from shared.outcomes import StoredOutcome, event_key, queued_marker
+from shared.queue import PROCESS_EVENTS_TASK, Envelope, celery_task_message, queue_for
+from shared.schemas import EventIn
+
+
+def envelope(tenant_id: uuid.UUID, payload: dict[str, Any], **extra: Any) -> Envelope:
+    """An envelope as the API makes it: validated payload, fixed id and time."""
+    event = EventIn.model_validate(payload)
+    return Envelope(
+        id=extra.pop("id", None) or uuid.uuid4(),
+        tenant_id=tenant_id,
+        received_at=datetime.now(UTC),
+        payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
+        **extra,
+    )
+
+
+def message(envelopes: list[Envelope]) -> bytes:
+    queue = queue_for(envelopes[0].payload["type"])
+    return celery_task_message(
+        task=PROCESS_EVENTS_TASK, queue=queue, args=[[e.to_wire() for e in envelopes]],
+        argsrepr="test",
+    )
+
+
+def push(client: redis.Redis, *messages: tuple[str, bytes], markers: list[Envelope] = ()) -> None:
+    """LPUSH messages to their queues in one round trip, as a producer would."""
+    pipe = client.pipeline()
+    for e in markers:
+        pipe.set(event_key(e.id), queued_marker(e.tenant_id))
+    for queue, body in messages:
+        pipe.lpush(queue, body)
+    pipe.execute()
+
+
+async def wait_outcomes(
+    client: redis.Redis, ids: list[uuid.UUID], timeout: float = 60
+) -> dict[uuid.UUID, StoredOutcome]:
+    """Wait until the worker has published an outcome for every id."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        raw = client.mget([event_key(i) for i in ids])
+        outcomes = {
+            i: StoredOutcome.loads(r) for i, r in zip(ids, raw, strict=True) if r is not None
+        }
+        done = {i: o for i, o in outcomes.items() if o.status != "queued"}
+        if len(done) == len(ids):
+            return done
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{len(ids) - len(done)} of {len(ids)} events have no outcome")
+        await asyncio.sleep(0.05)
+
+
+async def count(engine: AsyncEngine, model: Any, tenant_id: uuid.UUID, *where: Any) -> int:
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            select(func.count()).select_from(model).where(model.tenant_id == tenant_id, *where)
+        )
+        return int(result.scalar_one())
+
+
+async def totals(engine: AsyncEngine, tenant_id: uuid.UUID) -> dict[str, int]:
+    return {
+        "events": await count(engine, Event, tenant_id),
+        "people": await count(engine, Person, tenant_id),
+        "emails": await count(engine, PersonEmail, tenant_id),
+        "companies": await count(engine, Company, tenant_id),
+    }
