@@ -12,10 +12,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _TooLargeError(Exception):
-    pass
-
-
 class BodyLimits:
     """Pure ASGI middleware: JSON bodies only, at most `limits[path]` bytes, for POSTs."""
 
@@ -39,20 +35,29 @@ class BodyLimits:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._too_large(limit, scope, receive, send)
             return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        # Bodies are small (the limit is the cap), so read them whole: a stream without a
+        # Content-Length is refused once it passes the limit, before the app sees any of it.
+        body = bytearray()
+        more = True
+        while more:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise _TooLargeError
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await self._too_large(limit, scope, receive, send)
+                return
+        replayed = False
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLargeError:
-            await self._too_large(limit, scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     @staticmethod
     async def _too_large(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
