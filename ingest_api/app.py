@@ -11,6 +11,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from ingest_api.auth import TokenVerifier
 from ingest_api.limits import BodyLimits
 from ingest_api.problems import install_problem_handlers
 from ingest_api.routes import events, health
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=ORJSONResponse,
     )
     app.state.settings = settings
+    app.state.token_verifier = TokenVerifier(settings)
     app.state.migration_head = migration_head()
     install_problem_handlers(app)
     app.include_router(events.router)

@@ -27,7 +27,9 @@ class BodyLimits:
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type != b"application/json" and not content_type.endswith(b"+json"):
             await problem_response(
-                415, "Unsupported media type", "send the event as application/json",
+                415,
+                "Unsupported media type",
+                "send the event as application/json",
                 kind="unsupported-media-type",
             )(scope, receive, send)
             return

@@ -57,7 +57,11 @@ def problem_response(
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     errors = []
     for error in exc.errors():
-        entry: dict[str, Any] = {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+        entry: dict[str, Any] = {
+            "loc": list(error["loc"]),
+            "msg": error["msg"],
+            "type": error["type"],
+        }
         errors.append(entry)
     return errors
 
@@ -66,7 +70,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> Response:
         return problem_response(
-            exc.status, exc.title, exc.detail, kind=exc.kind, errors=exc.errors,
+            exc.status,
+            exc.title,
+            exc.detail,
+            kind=exc.kind,
+            errors=exc.errors,
             headers=exc.headers,
         )
 
@@ -75,7 +83,10 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = _validation_errors(exc)
         if any(e["type"] == "json_invalid" for e in errors):
             return problem_response(
-                400, "Malformed JSON", "the body is not valid JSON", kind="malformed-json",
+                400,
+                "Malformed JSON",
+                "the body is not valid JSON",
+                kind="malformed-json",
                 errors=errors,
             )
         return problem_response(

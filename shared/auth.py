@@ -39,6 +39,11 @@ def mint_token(
 
 
 def verify_token(settings: Settings, token: str) -> Principal:
+    return verify_token_with_expiry(settings, token)[0]
+
+
+def verify_token_with_expiry(settings: Settings, token: str) -> tuple[Principal, float]:
+    """The token's principal and its expiry (Unix time); InvalidTokenError if it is not good."""
     try:
         # Only the configured algorithm: `alg: none` and algorithm swaps are refused.
         claims = jwt.decode(
@@ -51,4 +56,5 @@ def verify_token(settings: Settings, token: str) -> Principal:
         tenant_id = UUID(str(claims["tid"]))
     except (jwt.PyJWTError, ValueError) as exc:
         raise InvalidTokenError(str(exc)) from None
-    return Principal(tenant_id=tenant_id, scopes=frozenset(str(claims.get("scope", "")).split()))
+    scopes = frozenset(str(claims.get("scope", "")).split())
+    return Principal(tenant_id=tenant_id, scopes=scopes), float(claims["exp"])

@@ -143,7 +143,8 @@ class RedisEnqueuer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         try:
-            await asyncio.wait_for(asyncio.shield(done), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await done
         except TimeoutError:
             raise QueueUnavailableError("the queue did not answer in time") from None
 
