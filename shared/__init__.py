@@ -1,1 +1,1 @@
-"""Code that both the ingest API and the worker import: settings, contracts, models, identity rules."""
+"""Code both the ingest API and the worker import: settings, contracts, models, identity."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 import typer
 from alembic import command
@@ -82,15 +83,15 @@ def token(
     settings = Settings()
     tenant_id = asyncio.run(_find_tenant(settings.database_url, tenant))
     if tenant_id is None:
-        typer.echo(f"no tenant named {tenant!r}; create it with `leadstream tenant create`", err=True)
+        typer.echo(
+            f"no tenant named {tenant!r}; create it with `leadstream tenant create`", err=True
+        )
         raise typer.Exit(1)
     scopes = tuple(scope) if scope else ALL_SCOPES
     unknown = set(scopes) - set(ALL_SCOPES)
     if unknown:
         typer.echo(f"unknown scopes {sorted(unknown)}; known: {list(ALL_SCOPES)}", err=True)
         raise typer.Exit(2)
-    from uuid import UUID
-
     typer.echo(mint_token(settings, tenant_id=UUID(tenant_id), scopes=scopes, ttl_seconds=ttl))
 
 
@@ -118,8 +119,6 @@ def run(
         tenant_id = asyncio.run(
             _ensure_tenant(settings.database_url, DEMO_TENANT, settings.default_phone_region)
         )
-        from uuid import UUID
-
         demo_token = mint_token(
             settings, tenant_id=UUID(tenant_id), scopes=ALL_SCOPES, ttl_seconds=7 * 24 * 3600
         )
@@ -130,8 +129,17 @@ def run(
             f"Token for tenant 'demo' (7 days):\n\n  export TOKEN={demo_token}\n"
         )
         honcho = subprocess.Popen(  # noqa: S603 - our own interpreter and Procfile
-            [sys.executable, "-m", "honcho", "-f", str(REPO / "Procfile"), "start",
-             "web", "worker", "flower"],
+            [
+                sys.executable,
+                "-m",
+                "honcho",
+                "-f",
+                str(REPO / "Procfile"),
+                "start",
+                "web",
+                "worker",
+                "flower",
+            ],
             env=env,
             cwd=REPO,
         )

@@ -155,7 +155,7 @@ class RedisEnqueuer:
                 batch, lane.pending = lane.pending, []
                 try:
                     await asyncio.wait_for(self._write(lane.queue, batch), self._timeout)
-                except Exception as exc:  # noqa: BLE001 - every waiter must hear of the failure
+                except Exception as exc:
                     error = QueueUnavailableError(f"the queue is unavailable: {exc!r}")
                     for _, done in batch:
                         if not done.done():

@@ -11,8 +11,8 @@ from uuid import UUID
 from pydantic import (
     AfterValidator,
     AwareDatetime,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyAddress,
@@ -128,8 +128,10 @@ def _nul_path(value: Any, path: str) -> str | None:
     if isinstance(value, str):
         return path if "\x00" in value else None
     items: Any = (
-        value.items() if isinstance(value, dict)
-        else enumerate(value) if isinstance(value, list)
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
         else ()
     )
     for key, item in items:

@@ -90,10 +90,26 @@ def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 2) -> Wor
     """A real `celery worker` on both queues; returns once it has said it is ready."""
     handle = log.open("wb")
     process = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "worker.app", "worker", "--queues", "leads,activity",
-         "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle",
-         "--without-gossip", "-n", f"test-{uuid.uuid4().hex[:6]}@%h"],
-        env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+        [
+            str(BIN / "celery"),
+            "-A",
+            "worker.app",
+            "worker",
+            "--queues",
+            "leads,activity",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+            "-n",
+            f"test-{uuid.uuid4().hex[:6]}@%h",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
     while b" ready." not in log.read_bytes():
@@ -104,7 +120,9 @@ def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 2) -> Wor
 
 
 @pytest.fixture(scope="session")
-def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def worker(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
     started = start_worker(service_env, tmp_path_factory.mktemp("worker") / "worker.log")
     yield started
     _stop(started.process)
@@ -115,9 +133,20 @@ def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     port = _free_port()
     log = (tmp_path_factory.mktemp("api") / "api.log").open("wb")
     process = subprocess.Popen(
-        [str(BIN / "uvicorn"), "ingest_api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log"],
-        env=service_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(BIN / "uvicorn"),
+            "ingest_api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        env=service_env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -166,13 +195,17 @@ async def tenant(engine: AsyncEngine, settings: Settings) -> Tenant:
 
 
 @pytest.fixture
-async def client(api_url: str, worker: WorkerProcess, tenant: Tenant) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    api_url: str, worker: WorkerProcess, tenant: Tenant
+) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the running API, authenticated as this test's tenant."""
     async with httpx.AsyncClient(base_url=api_url, headers=tenant.headers, timeout=40) as http:
         yield http
 
 
-async def wait_for_outcome(http: httpx.AsyncClient, event_id: str, timeout: float = 30) -> httpx.Response:
+async def wait_for_outcome(
+    http: httpx.AsyncClient, event_id: str, timeout: float = 30
+) -> httpx.Response:
     """Poll GET /events/{id} until it is no longer queued (no sleeps standing in for waiting)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

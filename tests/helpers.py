@@ -30,7 +30,9 @@ def envelope(tenant_id: uuid.UUID, payload: dict[str, Any], **extra: Any) -> Env
 def message(envelopes: list[Envelope]) -> bytes:
     queue = queue_for(envelopes[0].payload["type"])
     return celery_task_message(
-        task=PROCESS_EVENTS_TASK, queue=queue, args=[[e.to_wire() for e in envelopes]],
+        task=PROCESS_EVENTS_TASK,
+        queue=queue,
+        args=[[e.to_wire() for e in envelopes]],
         argsrepr="test",
     )
 

@@ -53,7 +53,9 @@ async def post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
     return response
 
 
-async def test_form_submission_object_format_creates_then_matches(client: httpx.AsyncClient) -> None:
+async def test_form_submission_object_format_creates_then_matches(
+    client: httpx.AsyncClient,
+) -> None:
     first = await post(client, FORM_OBJECT)
     assert first.status_code == 201
     body = first.json()
@@ -102,7 +104,9 @@ async def test_b2b_lead_creates_company_then_matches_it_case_insensitively(
     company = body["company"]
     assert company["name"] == "Acme Corporation"
     assert (company["website"], company["industry"], company["companySize"]) == (
-        "https://acmecorp.com", "Technology", "51-200",
+        "https://acmecorp.com",
+        "Technology",
+        "51-200",
     )
     assert body["person"]["companyId"] == company["id"]
     assert body["event"]["companyId"] == company["id"]

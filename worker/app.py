@@ -21,6 +21,7 @@ from shared.db import create_engine
 from shared.logging import configure_logging
 from shared.queue import ACTIVITY_QUEUE, LEADS_QUEUE
 from shared.settings import Settings, get_settings
+from worker.errors import TransientError
 
 settings = get_settings()
 configure_logging(settings)
@@ -28,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 _queue_arguments = {} if settings.broker_is_redis else {"x-queue-type": "quorum"}
 
-app = Celery("leadstream", broker=settings.celery_broker_url)
+app = Celery("leadstream", broker=settings.celery_broker_url, include=["worker.tasks"])
 app.conf.update(
     # At-least-once delivery; the tasks make it exactly-once in effect.
     task_acks_late=True,
@@ -79,7 +80,7 @@ _runtime: Runtime | None = None
 
 def runtime() -> Runtime:
     """This process's runtime, made on first use after a fork (never inherited from a parent)."""
-    global _runtime  # noqa: PLW0603 - one per process by design
+    global _runtime
     if _runtime is None or _runtime.pid != os.getpid():
         _runtime = Runtime(
             pid=os.getpid(),
@@ -108,10 +109,6 @@ def _shutdown_process(**_: Any) -> None:
         _runtime.redis.close()
 
 
-class TransientError(Exception):
-    """Worth retrying later: the database or Redis is unreachable or contended."""
-
-
 def retry_countdown(retries: int) -> float:
     """Exponential backoff with full jitter, capped at a minute."""
     return random.uniform(0, min(60.0, 2.0**retries))
@@ -138,16 +135,21 @@ def leadstream_task(*, name: str) -> Callable[[F], Task]:
                 return fn(self, *args, **kwargs)
             except TransientError as exc:
                 countdown = retry_countdown(self.request.retries)
-                log.warning("task.retry", error=str(exc), retries=self.request.retries,
-                            countdown=round(countdown, 2))
+                log.warning(
+                    "task.retry",
+                    error=str(exc),
+                    retries=self.request.retries,
+                    countdown=round(countdown, 2),
+                )
                 raise self.retry(exc=exc, countdown=countdown) from exc
 
         return app.task(
-            name=name, bind=True, acks_late=True, reject_on_worker_lost=True,
-            ignore_result=True, max_retries=None,
+            name=name,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            max_retries=None,
         )(run)
 
     return decorate
-
-
-import worker.tasks  # noqa: E402, F401 - registers the tasks with the app

@@ -138,9 +138,7 @@ class BatchResult:
     failed_events: int
 
 
-def _contacts(
-    raw: Sequence[EmailIn | PhoneIn], normalize: Callable[[str], str]
-) -> list[Contact]:
+def _contacts(raw: Sequence[EmailIn | PhoneIn], normalize: Callable[[str], str]) -> list[Contact]:
     """Normalised, de-duplicated contact points; exactly one primary (first marked, else first)."""
     seen: dict[str, Contact] = {}
     marked: str | None = None

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.outcomes import OUTCOME_CHANNEL, OUTCOME_STREAM, StoredOutcome, event_key
 from shared.queue import Envelope
 from shared.settings import Settings
-from worker.app import TransientError
+from worker.errors import TransientError
 from worker.matching import (
     BatchResult,
     DuplicateEventError,
@@ -63,7 +63,9 @@ async def commit_batch(engine: AsyncEngine, envelopes: list[Envelope]) -> BatchR
         except PoisonEventError as exc:
             log.error("event.poison", event_id=str(exc.event_id), error=repr(exc.error))
             poisoned[exc.event_id] = EventFailedError(
-                "processing_error", 500, "Processing error",
+                "processing_error",
+                500,
+                "Processing error",
                 f"the worker failed on this event: {type(exc.error).__name__}",
             )
             continue
@@ -76,7 +78,7 @@ async def commit_batch(engine: AsyncEngine, envelopes: list[Envelope]) -> BatchR
                 return await _bisect(engine, envelopes, exc)
         except (OSError, ConnectionError, TimeoutError) as exc:
             raise TransientError(f"database unreachable: {exc!r}") from exc
-        except Exception as exc:  # noqa: BLE001 - a bug must cost one event, not the batch
+        except Exception as exc:
             return await _bisect(engine, envelopes, exc)
         contention += 1
         if contention >= _CONTENTION_ATTEMPTS:
@@ -92,12 +94,16 @@ async def _bisect(engine: AsyncEngine, envelopes: list[Envelope], exc: Exception
         log.error("event.rejected", event_id=str(envelope.id), error=repr(exc), sqlstate=state)
         error = (
             EventFailedError(
-                "rejected_by_database", 422, "Rejected by the database",
+                "rejected_by_database",
+                422,
+                "Rejected by the database",
                 f"the database refused this event (SQLSTATE {state or 'unknown'})",
             )
             if isinstance(exc, DBAPIError)
             else EventFailedError(
-                "processing_error", 500, "Processing error",
+                "processing_error",
+                500,
+                "Processing error",
                 f"the worker failed on this event: {type(exc).__name__}",
             )
         )

@@ -1,12 +1,13 @@
 """POST /api/partner/events and GET /api/partner/events/{id}."""
 
+import contextlib
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 from starlette.responses import Response
@@ -189,10 +190,8 @@ async def _claim_idempotency_key(state: IngestState, envelope: Envelope, key: st
 
 async def _release_idempotency_key(state: IngestState, envelope: Envelope, key: str) -> None:
     # The event was not queued, so a retry with the same key must be able to queue it.
-    try:
+    with contextlib.suppress(RedisError, OSError):
         await state.redis.delete(idempotency_key(envelope.tenant_id, key))
-    except (RedisError, OSError):
-        pass
 
 
 @router.get(

@@ -19,7 +19,7 @@ async def accepted_count(http: httpx.AsyncClient) -> float:
     text = (await http.get("/metrics")).text
     return sum(
         float(m.group(1))
-        for m in re.finditer(r'^leadstream_events_accepted_total\{[^}]*\} (\S+)$', text, re.M)
+        for m in re.finditer(r"^leadstream_events_accepted_total\{[^}]*\} (\S+)$", text, re.M)
     )
 
 
@@ -30,14 +30,26 @@ async def accepted_count(http: httpx.AsyncClient) -> float:
         ({"type": "page_view", "visitorId": "v", "pageUrll": "x"}, 422, [["body", "pageUrll"]]),
         ({"type": "page_view"}, 422, [["body"]]),
         ({"type": "page_view", "person": {"tags": ["x"]}}, 422, [["body"]]),
-        ({"type": "page_view", "person": {"emails": ["not-an-email"]}}, 422,
-         [["body", "person", "emails", 0, "value"]]),
-        ({"type": "page_view", "person": {"phones": [{"value": "12"}]}}, 422,
-         [["body", "person", "phones", 0, "value"]]),
-        ({"type": "page_view", "visitorId": "v", "pageDuration": -1, "occurredAt": "yesterday"},
-         422, [["body", "pageDuration"], ["body", "occurredAt"]]),
-        ({"type": "page_view", "visitorId": "v", "company": {"website": "x"}}, 422,
-         [["body", "company"]]),
+        (
+            {"type": "page_view", "person": {"emails": ["not-an-email"]}},
+            422,
+            [["body", "person", "emails", 0, "value"]],
+        ),
+        (
+            {"type": "page_view", "person": {"phones": [{"value": "12"}]}},
+            422,
+            [["body", "person", "phones", 0, "value"]],
+        ),
+        (
+            {"type": "page_view", "visitorId": "v", "pageDuration": -1, "occurredAt": "yesterday"},
+            422,
+            [["body", "pageDuration"], ["body", "occurredAt"]],
+        ),
+        (
+            {"type": "page_view", "visitorId": "v", "company": {"website": "x"}},
+            422,
+            [["body", "company"]],
+        ),
         ({"type": "page_view", "visitorId": "v", "message": "nul\x00byte"}, 422, [["body"]]),
         ({"type": "", "personId": "not-a-uuid"}, 422, [["body", "type"], ["body", "personId"]]),
     ],
@@ -93,8 +105,12 @@ async def test_auth_is_required_and_scoped(
         assert missing.headers["www-authenticate"].startswith("Bearer")
         bad = await anonymous.post(EVENTS, json=body, headers={"Authorization": "Bearer x.y.z"})
         assert bad.status_code == 401
-        expired = mint_token(settings, tenant_id=tenant.id, scopes=("events:write",), ttl_seconds=-10)
-        late = await anonymous.post(EVENTS, json=body, headers={"Authorization": f"Bearer {expired}"})
+        expired = mint_token(
+            settings, tenant_id=tenant.id, scopes=("events:write",), ttl_seconds=-10
+        )
+        late = await anonymous.post(
+            EVENTS, json=body, headers={"Authorization": f"Bearer {expired}"}
+        )
         assert late.status_code == 401
         reader = mint_token(settings, tenant_id=tenant.id, scopes=(READ_SCOPE,), ttl_seconds=60)
         forbidden = await anonymous.post(
@@ -142,7 +158,8 @@ async def test_tenants_cannot_see_or_attach_to_each_other(
     client: httpx.AsyncClient, api_url: str, engine: AsyncEngine, settings: Settings
 ) -> None:
     created = await client.post(
-        EVENTS, json={"type": "form_submission", "person": {"emails": ["mine@example.com"]}},
+        EVENTS,
+        json={"type": "form_submission", "person": {"emails": ["mine@example.com"]}},
         headers={"Prefer": "wait=10"},
     )
     assert created.status_code == 201
@@ -152,13 +169,15 @@ async def test_tenants_cannot_see_or_attach_to_each_other(
     async with httpx.AsyncClient(base_url=api_url, headers=other.headers, timeout=30) as theirs:
         assert (await theirs.get(f"{EVENTS}/{event_id}")).status_code == 404
         attach = await theirs.post(
-            EVENTS, json={"type": "page_view", "personId": person_id},
+            EVENTS,
+            json={"type": "page_view", "personId": person_id},
             headers={"Prefer": "wait=10"},
         )
         assert attach.status_code == 404
         assert attach.json()["title"] == "Person not found"
         same_email = await theirs.post(
-            EVENTS, json={"type": "form_submission", "person": {"emails": ["mine@example.com"]}},
+            EVENTS,
+            json={"type": "form_submission", "person": {"emails": ["mine@example.com"]}},
             headers={"Prefer": "wait=10"},
         )
         assert same_email.status_code == 201  # their own person, not ours

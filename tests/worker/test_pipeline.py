@@ -1,6 +1,5 @@
 """Concurrency and redelivery through the real Celery worker (two processes) on real services."""
 
-import asyncio
 import json
 import re
 import uuid
@@ -12,9 +11,9 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import Company, Event, Person, PersonEmail
+from shared.outcomes import event_key
 from shared.settings import Settings
 from tests.conftest import Tenant, WorkerProcess
-from shared.outcomes import event_key
 from tests.helpers import envelope, message, push, totals, wait_outcomes
 
 
@@ -28,7 +27,7 @@ def worker_pids(worker: WorkerProcess, event_ids: set[str]) -> set[int]:
     pids = set()
     for line in worker.log.read_text().splitlines():
         if '"batch.processed"' in line:
-            pids.add(json.loads(line[line.index("{"):])["pid"])
+            pids.add(json.loads(line[line.index("{") :])["pid"])
     return pids
 
 
@@ -43,11 +42,18 @@ async def test_fifty_events_for_one_new_email_make_one_person(
 
     assert {o.status for o in outcomes.values()} == {"processed"}
     assert sum(o.body["wasPersonCreated"] for o in outcomes.values()) == 1
-    assert await totals(engine, tenant.id) == {"events": 50, "people": 1, "emails": 1, "companies": 0}
+    assert await totals(engine, tenant.id) == {
+        "events": 50,
+        "people": 1,
+        "emails": 1,
+        "companies": 0,
+    }
     async with engine.connect() as conn:
-        person_ids = set((await conn.execute(
-            select(Event.person_id).where(Event.tenant_id == tenant.id)
-        )).scalars())
+        person_ids = set(
+            (
+                await conn.execute(select(Event.person_id).where(Event.tenant_id == tenant.id))
+            ).scalars()
+        )
     assert len(person_ids) == 1 and None not in person_ids
     assert len(worker_pids(worker, set())) >= 2
 
@@ -57,25 +63,35 @@ async def test_fifty_events_for_one_new_company_make_one_company(
 ) -> None:
     spellings = ["Globex", "globex", " GLOBEX ", "Globex  "]
     envelopes = [
-        envelope(tenant.id, {
-            "type": "form_submission",
-            "person": {"emails": [f"employee{i}@globex.example.com"]},
-            "company": {"name": spellings[i % len(spellings)]},
-        })
+        envelope(
+            tenant.id,
+            {
+                "type": "form_submission",
+                "person": {"emails": [f"employee{i}@globex.example.com"]},
+                "company": {"name": spellings[i % len(spellings)]},
+            },
+        )
         for i in range(50)
     ]
     push(broker, *[("leads", message([e])) for e in envelopes], markers=envelopes)
     outcomes = await wait_outcomes(broker, [e.id for e in envelopes])
 
     assert sum(o.body["wasCompanyCreated"] for o in outcomes.values()) == 1
-    assert await totals(engine, tenant.id) == {"events": 50, "people": 50, "emails": 50, "companies": 1}
+    assert await totals(engine, tenant.id) == {
+        "events": 50,
+        "people": 50,
+        "emails": 50,
+        "companies": 1,
+    }
     async with engine.connect() as conn:
-        company_ids = set((await conn.execute(
-            select(Person.company_id).where(Person.tenant_id == tenant.id)
-        )).scalars())
-        name = (await conn.execute(
-            select(Company.name).where(Company.tenant_id == tenant.id)
-        )).scalar_one()
+        company_ids = set(
+            (
+                await conn.execute(select(Person.company_id).where(Person.tenant_id == tenant.id))
+            ).scalars()
+        )
+        name = (
+            await conn.execute(select(Company.name).where(Company.tenant_id == tenant.id))
+        ).scalar_one()
     assert len(company_ids) == 1 and None not in company_ids
     assert name in {"Globex", "GLOBEX", "globex"}
 
@@ -83,8 +99,11 @@ async def test_fifty_events_for_one_new_company_make_one_company(
 async def test_a_message_delivered_twice_stores_one_event(
     worker: WorkerProcess, broker: redis.Redis, engine: AsyncEngine, tenant: Tenant
 ) -> None:
-    payload = {"type": "form_submission", "person": {"emails": ["twice@example.com"]},
-               "company": {"name": "Twice Inc"}}
+    payload = {
+        "type": "form_submission",
+        "person": {"emails": ["twice@example.com"]},
+        "company": {"name": "Twice Inc"},
+    }
     e = envelope(tenant.id, payload)
     body = message([e])
     push(broker, ("leads", body), ("leads", body), markers=[e])  # consumed at once by two processes
@@ -94,7 +113,12 @@ async def test_a_message_delivered_twice_stores_one_event(
     push(broker, ("leads", body))  # and once more, later: it re-publishes the stored outcome
     again = (await wait_outcomes(broker, [e.id]))[e.id]
     assert again == first
-    assert await totals(engine, tenant.id) == {"events": 1, "people": 1, "emails": 1, "companies": 1}
+    assert await totals(engine, tenant.id) == {
+        "events": 1,
+        "people": 1,
+        "emails": 1,
+        "companies": 1,
+    }
 
 
 @pytest.fixture
@@ -102,16 +126,20 @@ async def refusing_trigger(engine: AsyncEngine) -> AsyncIterator[str]:
     """A real database-side rejection of one event (what a constraint or a bug would do)."""
     marker = f"refuse-{uuid.uuid4().hex[:8]}"
     async with engine.begin() as conn:
-        await conn.execute(text(f"""
+        await conn.execute(
+            text(f"""
             CREATE FUNCTION {marker.replace("-", "_")}() RETURNS trigger AS $$
             BEGIN
               IF NEW.message = '{marker}' THEN RAISE EXCEPTION 'refused by test trigger'; END IF;
               RETURN NEW;
-            END $$ LANGUAGE plpgsql"""))
-        await conn.execute(text(
-            f"CREATE TRIGGER {marker.replace('-', '_')} BEFORE INSERT ON events FOR EACH ROW "
-            f"EXECUTE FUNCTION {marker.replace('-', '_')}()"
-        ))
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                f"CREATE TRIGGER {marker.replace('-', '_')} BEFORE INSERT ON events FOR EACH ROW "
+                f"EXECUTE FUNCTION {marker.replace('-', '_')}()"
+            )
+        )
     yield marker
     async with engine.begin() as conn:
         await conn.execute(text(f"DROP TRIGGER {marker.replace('-', '_')} ON events"))
@@ -119,12 +147,19 @@ async def refusing_trigger(engine: AsyncEngine) -> AsyncIterator[str]:
 
 
 async def test_a_poison_event_fails_alone_and_its_batch_commits(
-    worker: WorkerProcess, broker: redis.Redis, engine: AsyncEngine, tenant: Tenant,
+    worker: WorkerProcess,
+    broker: redis.Redis,
+    engine: AsyncEngine,
+    tenant: Tenant,
     refusing_trigger: str,
 ) -> None:
-    good = [envelope(tenant.id, {"type": "page_view", "person": {"emails": [f"ok{i}@example.com"]}})
-            for i in range(5)]
-    poison = envelope(tenant.id, {"type": "page_view", "visitorId": "v", "message": refusing_trigger})
+    good = [
+        envelope(tenant.id, {"type": "page_view", "person": {"emails": [f"ok{i}@example.com"]}})
+        for i in range(5)
+    ]
+    poison = envelope(
+        tenant.id, {"type": "page_view", "visitorId": "v", "message": refusing_trigger}
+    )
     batch = [*good[:2], poison, *good[2:]]
     push(broker, ("activity", message(batch)), markers=batch)
     outcomes = await wait_outcomes(broker, [e.id for e in batch])
@@ -137,12 +172,18 @@ async def test_a_poison_event_fails_alone_and_its_batch_commits(
 
 
 async def test_person_id_of_another_tenant_is_not_found(
-    worker: WorkerProcess, broker: redis.Redis, engine: AsyncEngine, tenant: Tenant, settings: Settings
+    worker: WorkerProcess,
+    broker: redis.Redis,
+    engine: AsyncEngine,
+    tenant: Tenant,
+    settings: Settings,
 ) -> None:
     from tests.conftest import make_tenant
 
     other = await make_tenant(engine, settings)
-    theirs = envelope(other.id, {"type": "form_submission", "person": {"emails": ["b@example.com"]}})
+    theirs = envelope(
+        other.id, {"type": "form_submission", "person": {"emails": ["b@example.com"]}}
+    )
     push(broker, ("leads", message([theirs])), markers=[theirs])
     their_person = (await wait_outcomes(broker, [theirs.id]))[theirs.id].body["person"]["id"]
 
@@ -153,7 +194,13 @@ async def test_person_id_of_another_tenant_is_not_found(
     assert outcome.body["title"] == "Person not found"
     assert (await totals(engine, tenant.id))["events"] == 0
     async with engine.connect() as conn:
-        owners = (await conn.execute(
-            select(PersonEmail.tenant_id).where(PersonEmail.value == "b@example.com")
-        )).scalars().all()
+        owners = (
+            (
+                await conn.execute(
+                    select(PersonEmail.tenant_id).where(PersonEmail.value == "b@example.com")
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert other.id in owners and tenant.id not in owners

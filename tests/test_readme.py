@@ -1,0 +1,46 @@
+"""The README's walk-through, run as written against the running API and worker."""
+
+import asyncio
+import re
+import subprocess
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.tenants import ensure_tenant
+from tests.conftest import REPO, WorkerProcess
+
+
+def walkthrough() -> str:
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- walkthrough:start -->")[1].split("<!-- walkthrough:end -->")[0]
+    return block.split("```bash")[1].split("```")[0]
+
+
+async def test_readme_walkthrough_runs(
+    api_url: str,
+    worker: WorkerProcess,
+    service_env: dict[str, str],
+    engine: AsyncEngine,
+    tmp_path: Path,
+) -> None:
+    async with engine.begin() as conn:
+        await ensure_tenant(conn, name="demo", default_region="US")
+    script = tmp_path / "walkthrough.sh"
+    script.write_text("set -euo pipefail\n" + walkthrough())
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", str(script)],
+        env={**service_env, "LEADSTREAM_URL": api_url},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    statuses = re.findall(r"^HTTP/1.1 (\d{3})", result.stdout, re.MULTILINE)
+    assert statuses[:3] == ["202", "201", "200"], result.stdout
+    assert statuses[3] in {"200", "202"}
+    assert '"wasPersonCreated":true' in result.stdout
+    assert '"wasCompanyCreated":false' in result.stdout
