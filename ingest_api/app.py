@@ -1,5 +1,6 @@
 """The app factory: `uvicorn ingest_api.app:create_app --factory`."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine=engine,
         )
         waiter.start()
+        # Start-up objects live for the whole process: keep them out of every GC pass.
+        gc.freeze()
         try:
             yield
         finally:

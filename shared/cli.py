@@ -147,7 +147,8 @@ def run(
         try:
             raise typer.Exit(honcho.wait())
         except KeyboardInterrupt:
-            honcho.terminate()
-            raise typer.Exit(honcho.wait()) from None
+            honcho.terminate()  # Ctrl-C is how `make run` is meant to end
+            honcho.wait()
+            raise typer.Exit(0) from None
     finally:
         services.close()
