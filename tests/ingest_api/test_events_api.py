@@ -196,3 +196,14 @@ async def test_prefer_wait_is_capped_and_unknown_events_are_404(client: httpx.As
     missing = await client.get(f"{EVENTS}/01a216d8-0000-7000-8000-000000000000")
     assert missing.status_code == 404
     assert (await client.get(f"{EVENTS}/not-a-uuid")).status_code == 422
+
+
+async def test_operations_endpoints_and_openapi(client: httpx.AsyncClient) -> None:
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": "ok", "database": "ok", "migrations": "ok"}
+    spec = (await client.get("/openapi.json")).json()
+    post = spec["paths"]["/api/partner/events"]["post"]
+    assert {p["name"] for p in post["parameters"]} == {"Prefer", "Idempotency-Key"}
+    assert {"200", "201", "202", "422", "503"} <= set(post["responses"])
+    assert "EventIn" in spec["components"]["schemas"]
