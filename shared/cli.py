@@ -1,20 +1,26 @@
 """`leadstream`: migrate, tenants, tokens, and `run` (the whole stack on one machine)."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
+import redis
 import typer
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.auth import ALL_SCOPES, mint_token
+from shared.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letters
+from shared.outcomes import event_key, queued_marker
+from shared.queue import Envelope, publish_envelopes
 from shared.services import start_services
 from shared.settings import Settings
 from shared.tenants import ensure_tenant, find_tenant
@@ -25,6 +31,10 @@ DEMO_TENANT = "demo"
 app = typer.Typer(help="Leadstream: event ingestion for real-estate CRMs.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
+dlq_app = typer.Typer(
+    help="Dead letters: events that could not be processed.", no_args_is_help=True
+)
+app.add_typer(dlq_app, name="dlq")
 
 
 def migrate_database(database_url: str) -> None:
@@ -93,6 +103,96 @@ def token(
         typer.echo(f"unknown scopes {sorted(unknown)}; known: {list(ALL_SCOPES)}", err=True)
         raise typer.Exit(2)
     typer.echo(mint_token(settings, tenant_id=UUID(tenant_id), scopes=scopes, ttl_seconds=ttl))
+
+
+async def _with_connection(database_url: str, work: Any, *, commit: bool = False) -> Any:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() if commit else engine.connect() as conn:
+            return await work(conn)
+    finally:
+        await engine.dispose()
+
+
+Since = Annotated[
+    datetime | None, typer.Option(help="Only those that failed at or after this time (ISO 8601).")
+]
+Reason = Annotated[str | None, typer.Option(help="Only this reason, e.g. person_not_found.")]
+
+
+@dlq_app.command("list")
+def dlq_list(reason: Reason = None, since: Since = None, limit: int = 100) -> None:
+    """List dead letters not yet replayed, newest first."""
+    rows = asyncio.run(
+        _with_connection(
+            Settings().database_url,
+            lambda conn: list_dead_letters(conn, reason=reason, since=since, limit=limit),
+        )
+    )
+    for row in rows:
+        detail = row.problem.get("detail", "")
+        typer.echo(f"{row.event_id}  {row.failed_at:%Y-%m-%d %H:%M:%S}  {row.reason:<22} {detail}")
+    typer.echo(f"{len(rows)} dead letter(s)", err=True)
+
+
+@dlq_app.command("show")
+def dlq_show(event_id: UUID) -> None:
+    """Print one dead letter: its problem and the envelope as queued."""
+    row = asyncio.run(
+        _with_connection(Settings().database_url, lambda conn: get_dead_letter(conn, event_id))
+    )
+    if row is None:
+        typer.echo(f"no dead letter for {event_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        json.dumps(
+            {
+                "eventId": str(row.event_id),
+                "tenantId": str(row.tenant_id),
+                "reason": row.reason,
+                "failedAt": row.failed_at.isoformat(),
+                "replayedAt": row.replayed_at.isoformat() if row.replayed_at else None,
+                "problem": row.problem,
+                "envelope": row.envelope,
+            },
+            indent=2,
+        )
+    )
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    event_ids: Annotated[list[UUID] | None, typer.Argument(help="Only these events.")] = None,
+    reason: Reason = None,
+    since: Since = None,
+) -> None:
+    """Queue dead letters again (after fixing their cause); they are processed like new."""
+    settings = Settings()
+    markers = redis.Redis.from_url(settings.redis_url)
+
+    def publish(envelopes: list[Envelope]) -> None:
+        publish_envelopes(settings.celery_broker_url, envelopes)
+        with markers.pipeline(transaction=False) as pipe:
+            for envelope in envelopes:
+                pipe.set(
+                    event_key(envelope.id),
+                    queued_marker(envelope.tenant_id),
+                    ex=settings.queued_marker_ttl_seconds,
+                )
+            pipe.execute()
+
+    replayed = asyncio.run(
+        _with_connection(
+            settings.database_url,
+            lambda conn: replay_dead_letters(
+                conn, publish, reason=reason, since=since, event_ids=event_ids or ()
+            ),
+            commit=True,
+        )
+    )
+    for event_id in replayed:
+        typer.echo(event_id)
+    typer.echo(f"{len(replayed)} event(s) queued again", err=True)
 
 
 @app.command()

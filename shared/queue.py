@@ -16,6 +16,7 @@ from importlib.resources import files
 from typing import Any
 from uuid import UUID, uuid4
 
+import kombu
 import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
@@ -54,38 +55,44 @@ class Envelope(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def _task_headers(*, task: str, task_id: str, argsrepr: str) -> dict[str, Any]:
+    """Celery protocol-2 task headers."""
+    return {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": argsrepr,
+        "kwargsrepr": "{}",
+        "origin": _ORIGIN,
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+
+
+def _task_body(args: list[Any]) -> list[Any]:
+    return [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+
+
 def celery_task_message(*, task: str, queue: str, args: list[Any], argsrepr: str) -> bytes:
     """One Celery protocol-2 task message, as kombu's Redis transport stores it."""
     task_id = str(uuid4())
-    body = orjson.dumps(
-        [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    )
     return orjson.dumps(
         {
-            "body": base64.b64encode(body).decode(),
+            "body": base64.b64encode(orjson.dumps(_task_body(args))).decode(),
             "content-encoding": "utf-8",
             "content-type": "application/json",
-            "headers": {
-                "lang": "py",
-                "task": task,
-                "id": task_id,
-                "shadow": None,
-                "eta": None,
-                "expires": None,
-                "group": None,
-                "group_index": None,
-                "retries": 0,
-                "timelimit": [None, None],
-                "root_id": task_id,
-                "parent_id": None,
-                "argsrepr": argsrepr,
-                "kwargsrepr": "{}",
-                "origin": _ORIGIN,
-                "ignore_result": True,
-                "replaced_task_nesting": 0,
-                "stamped_headers": None,
-                "stamps": {},
-            },
+            "headers": _task_headers(task=task, task_id=task_id, argsrepr=argsrepr),
             "properties": {
                 "correlation_id": task_id,
                 "reply_to": "",
@@ -98,6 +105,31 @@ def celery_task_message(*, task: str, queue: str, args: list[Any], argsrepr: str
             },
         }
     )
+
+
+def publish_envelopes(broker_url: str, envelopes: list[Envelope]) -> None:
+    """Queue envelopes from synchronous code (the CLI) through kombu, on any Celery broker."""
+    by_queue: dict[str, list[dict[str, Any]]] = {}
+    for envelope in envelopes:
+        by_queue.setdefault(queue_for(str(envelope.payload.get("type"))), []).append(
+            envelope.to_wire()
+        )
+    with kombu.Connection(broker_url) as connection:
+        producer = connection.Producer(serializer="json")
+        for queue, wires in by_queue.items():
+            task_id = str(uuid4())
+            producer.publish(
+                _task_body([wires]),
+                exchange="",
+                routing_key=queue,
+                headers=_task_headers(
+                    task=PROCESS_EVENTS_TASK, task_id=task_id, argsrepr=f"[<{len(wires)}>]"
+                ),
+                correlation_id=task_id,
+                delivery_mode=2,
+                retry=True,
+                retry_policy={"max_retries": 3},
+            )
 
 
 class QueueUnavailableError(Exception):

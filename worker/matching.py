@@ -14,7 +14,6 @@ batch without it.
 """
 
 import contextlib
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,12 +22,13 @@ from uuid import UUID
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import bindparam, insert, or_, select, text, tuple_, update
+from sqlalchemy import bindparam, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.identity import company_key, normalize_phone
 from shared.ids import new_event_id
+from shared.locks import event_lock_name, lock_all
 from shared.models import (
     Company,
     DeadLetter,
@@ -168,8 +168,8 @@ def parse(envelope: Envelope, region: str) -> Item:
     return Item(envelope, event, emails, phones, key)
 
 
-def lock_keys(items: Iterable[Item]) -> list[int]:
-    """Advisory lock keys for every identity the batch may read, create or merge, sorted."""
+def lock_names(items: Iterable[Item]) -> set[str]:
+    """Advisory lock names for every identity the batch may read, create or merge."""
     names: set[str] = set()
     for item in items:
         t, e = item.tenant_id, item.event
@@ -185,18 +185,8 @@ def lock_keys(items: Iterable[Item]) -> list[int]:
             names.add(f"{t}|ci|{e.company.id}")
         if item.envelope.idempotency_key:
             names.add(f"{t}|k|{item.envelope.idempotency_key}")
-        names.add(f"ev|{item.envelope.id}")
-    return sorted(_lock_key(n) for n in names)
-
-
-def _lock_key(name: str) -> int:
-    return int.from_bytes(
-        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
-    )
-
-
-# unnest keeps the array's order, so the locks are taken in the sorted order given.
-_LOCK_STATEMENT = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+        names.add(event_lock_name(item.envelope.id))
+    return names
 
 
 def _pairs(pairs: Iterable[tuple[UUID, Any]]) -> list[tuple[UUID, Any]]:
@@ -719,9 +709,7 @@ async def process_batch(
                 failures.append((envelope, exc))
 
     batch = Batch(conn, items, now)
-    keys = set(lock_keys(items)) | {_lock_key(f"ev|{e.id}") for e, _ in failures}
-    if keys:
-        await conn.execute(_LOCK_STATEMENT, {"keys": sorted(keys)})
+    await lock_all(conn, lock_names(items) | {event_lock_name(e.id) for e, _ in failures})
     ids = [e.id for e in envelopes]
     done_ids = set(
         (await conn.execute(select(events_t.c.id).where(events_t.c.id.in_(ids)))).scalars()

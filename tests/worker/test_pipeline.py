@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.models import Company, Event, Person, PersonEmail
 from shared.outcomes import event_key
 from shared.settings import Settings
-from tests.conftest import Tenant, WorkerProcess
+from tests.conftest import BIN, REPO, Tenant, WorkerProcess
 from tests.helpers import envelope, message, push, totals, wait_outcomes
 
 
@@ -142,7 +143,7 @@ async def refusing_trigger(engine: AsyncEngine) -> AsyncIterator[str]:
         )
     yield marker
     async with engine.begin() as conn:
-        await conn.execute(text(f"DROP TRIGGER {marker.replace('-', '_')} ON events"))
+        await conn.execute(text(f"DROP TRIGGER IF EXISTS {marker.replace('-', '_')} ON events"))
         await conn.execute(text(f"DROP FUNCTION {marker.replace('-', '_')}()"))
 
 
@@ -204,3 +205,48 @@ async def test_person_id_of_another_tenant_is_not_found(
             .all()
         )
     assert other.id in owners and tenant.id not in owners
+
+
+async def test_dead_letters_are_listed_and_replayed_once_the_cause_is_fixed(
+    worker: WorkerProcess,
+    broker: redis.Redis,
+    engine: AsyncEngine,
+    tenant: Tenant,
+    refusing_trigger: str,
+    service_env: dict[str, str],
+) -> None:
+    e = envelope(
+        tenant.id,
+        {"type": "inquiry", "person": {"emails": ["dlq@example.com"]}, "message": refusing_trigger},
+    )
+    push(broker, ("leads", message([e])), markers=[e])
+    assert (await wait_outcomes(broker, [e.id]))[e.id].status == "failed"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "leadstream"), "dlq", *args],
+            env=service_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    assert str(e.id) in cli("list", "--reason", "rejected_by_database").stdout
+    shown = json.loads(cli("show", str(e.id)).stdout)
+    assert shown["envelope"]["payload"]["message"] == refusing_trigger
+    async with engine.begin() as conn:  # the fix
+        await conn.execute(text(f"DROP TRIGGER {refusing_trigger.replace('-', '_')} ON events"))
+    assert cli("replay", str(e.id)).stdout.split() == [str(e.id)]
+
+    outcome = (await wait_outcomes(broker, [e.id]))[e.id]
+    assert outcome.status == "processed" and outcome.http_status == 201
+    assert await totals(engine, tenant.id) == {
+        "events": 1,
+        "people": 1,
+        "emails": 1,
+        "companies": 0,
+    }
+    assert str(e.id) not in cli("list").stdout
+    assert cli("replay", str(e.id)).stdout.split() == []  # nothing left to replay

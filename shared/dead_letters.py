@@ -1,0 +1,76 @@
+"""The dead-letter table: events that cannot succeed as sent, kept for inspection and replay."""
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Row, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.locks import event_lock_name, lock_all
+from shared.models import DeadLetter
+from shared.queue import Envelope
+
+dead_t = DeadLetter.__table__
+
+
+def _filters(*, reason: str | None, since: datetime | None, event_ids: Sequence[UUID]) -> list[Any]:
+    conditions: list[Any] = [dead_t.c.replayed_at.is_(None)]
+    if reason:
+        conditions.append(dead_t.c.reason == reason)
+    if since:
+        conditions.append(dead_t.c.failed_at >= since)
+    if event_ids:
+        conditions.append(dead_t.c.event_id.in_(event_ids))
+    return conditions
+
+
+async def list_dead_letters(
+    conn: AsyncConnection,
+    *,
+    reason: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> Sequence[Row[Any]]:
+    """Dead letters not yet replayed, newest first."""
+    query = (
+        select(dead_t)
+        .where(*_filters(reason=reason, since=since, event_ids=()))
+        .order_by(dead_t.c.failed_at.desc())
+        .limit(limit)
+    )
+    return (await conn.execute(query)).all()
+
+
+async def get_dead_letter(conn: AsyncConnection, event_id: UUID) -> Row[Any] | None:
+    return (await conn.execute(select(dead_t).where(dead_t.c.event_id == event_id))).first()
+
+
+async def replay_dead_letters(
+    conn: AsyncConnection,
+    publish: Callable[[list[Envelope]], None],
+    *,
+    reason: str | None = None,
+    since: datetime | None = None,
+    event_ids: Sequence[UUID] = (),
+) -> list[UUID]:
+    """Queue the matching dead letters again and mark them replayed, in the caller's transaction.
+
+    The events' locks are held until the caller commits, so a worker that receives a replayed
+    event before the commit waits for it, then sees it marked replayed and processes it.
+    """
+    conditions = _filters(reason=reason, since=since, event_ids=event_ids)
+    ids = (await conn.execute(select(dead_t.c.event_id).where(*conditions))).scalars().all()
+    if not ids:
+        return []
+    await lock_all(conn, (event_lock_name(i) for i in ids))
+    rows = await conn.execute(
+        update(dead_t)
+        .where(dead_t.c.event_id.in_(ids), dead_t.c.replayed_at.is_(None))
+        .values(replayed_at=datetime.now().astimezone())
+        .returning(dead_t.c.event_id, dead_t.c.envelope)
+    )
+    envelopes = [Envelope.model_validate(row.envelope) for row in rows]
+    publish(envelopes)
+    return [e.id for e in envelopes]
