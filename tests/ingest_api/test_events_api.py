@@ -207,3 +207,51 @@ async def test_operations_endpoints_and_openapi(client: httpx.AsyncClient) -> No
     assert {p["name"] for p in post["parameters"]} == {"Prefer", "Idempotency-Key"}
     assert {"200", "201", "202", "422", "503"} <= set(post["responses"])
     assert "EventIn" in spec["components"]["schemas"]
+
+
+async def test_forged_tokens_are_refused(api_url: str, tenant: Tenant) -> None:
+    import base64
+    import json
+
+    import jwt
+
+    claims = {
+        "iss": "leadstream",
+        "tid": str(tenant.id),
+        "scope": "events:write",
+        "exp": 4_102_444_800,
+    }
+    wrong_key = jwt.encode(claims, "not-the-secret-not-the-secret-32b", algorithm="HS256")
+
+    def b64(part: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+
+    unsigned = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
+    body = {"type": "page_view", "visitorId": "v"}
+    async with httpx.AsyncClient(base_url=api_url) as anonymous:
+        for token in (wrong_key, unsigned, tenant.token[:-2] + "xx"):
+            response = await anonymous.post(
+                EVENTS, json=body, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert response.status_code == 401, token
+
+
+async def test_hostile_strings_are_stored_verbatim(client: httpx.AsyncClient) -> None:
+    hostile = "Robert'); DROP TABLE events;-- \\\\ %s $1 \u2028 🏠 " + "x" * 900
+    body = {
+        "type": "form_submission",
+        "person": {"firstName": hostile[:255], "emails": ["o'brien+test@example.com"]},
+        "company": {"name": "Bobby'; --Tables"},
+        "message": hostile,
+        "metadata": {hostile[:50]: [hostile, {"$where": "1=1"}]},
+        "pageTitle": hostile,
+    }
+    response = await client.post(EVENTS, json=body, headers={"Prefer": "wait=10"})
+    assert response.status_code == 201
+    stored = (await wait_for_outcome(client, response.json()["event"]["id"])).json()
+    assert stored["event"]["message"] == hostile
+    assert stored["event"]["metadata"] == body["metadata"]
+    assert stored["event"]["pageTitle"] == hostile
+    assert stored["person"]["firstName"] == hostile[:255]
+    assert stored["person"]["emails"][0]["value"] == "o'brien+test@example.com"
+    assert stored["company"]["name"] == "Bobby'; --Tables"
