@@ -20,7 +20,7 @@ from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.db import create_engine, migration_head
 from shared.logging import configure_logging
-from shared.queue import RedisEnqueuer
+from shared.queue import Enqueuer, KombuEnqueuer, RedisEnqueuer
 from shared.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -63,15 +63,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiter = OutcomeWaiter(_redis(settings, timeout=None))
         await check_redis_eviction(client, settings)
         engine = create_engine(settings)
+        options = {
+            "timeout": settings.enqueue_timeout_seconds,
+            "marker_ttl": settings.queued_marker_ttl_seconds,
+            "max_events_per_message": settings.enqueue_max_events_per_message,
+        }
+        enqueuer: Enqueuer = (
+            RedisEnqueuer(client, **options)
+            if settings.broker_is_redis
+            else KombuEnqueuer(client, settings.celery_broker_url, **options)
+        )
         app.state.ingest = IngestState(
             settings=settings,
             redis=client,
-            enqueuer=RedisEnqueuer(
-                client,
-                timeout=settings.enqueue_timeout_seconds,
-                marker_ttl=settings.queued_marker_ttl_seconds,
-                max_events_per_message=settings.enqueue_max_events_per_message,
-            ),
+            enqueuer=enqueuer,
             waiter=waiter,
             engine=engine,
         )
@@ -81,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await enqueuer.close()
             await waiter.stop()
             await client.aclose()
             await engine.dispose()

@@ -6,7 +6,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_api.waiter import OutcomeWaiter
-from shared.queue import RedisEnqueuer
+from shared.queue import Enqueuer
 from shared.settings import Settings
 
 
@@ -14,6 +14,6 @@ from shared.settings import Settings
 class IngestState:
     settings: Settings
     redis: aioredis.Redis
-    enqueuer: RedisEnqueuer
+    enqueuer: Enqueuer
     waiter: OutcomeWaiter
     engine: AsyncEngine

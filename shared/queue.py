@@ -10,6 +10,7 @@ import asyncio
 import base64
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
@@ -19,6 +20,7 @@ from uuid import UUID, uuid4
 import kombu
 import orjson
 import redis.asyncio as aioredis
+from kombu import Queue
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -114,22 +116,9 @@ def publish_envelopes(broker_url: str, envelopes: list[Envelope]) -> None:
         by_queue.setdefault(queue_for(str(envelope.payload.get("type"))), []).append(
             envelope.to_wire()
         )
-    with kombu.Connection(broker_url) as connection:
-        producer = connection.Producer(serializer="json")
+    with kombu.Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
         for queue, wires in by_queue.items():
-            task_id = str(uuid4())
-            producer.publish(
-                _task_body([wires]),
-                exchange="",
-                routing_key=queue,
-                headers=_task_headers(
-                    task=PROCESS_EVENTS_TASK, task_id=task_id, argsrepr=f"[<{len(wires)}>]"
-                ),
-                correlation_id=task_id,
-                delivery_mode=2,
-                retry=True,
-                retry_policy={"max_retries": 3},
-            )
+            publish_wires(connection, queue, [wires])
 
 
 class QueueUnavailableError(Exception):
@@ -145,27 +134,17 @@ class _Lane:
     flushing: bool = False
 
 
-class RedisEnqueuer:
-    """Coalesces concurrent enqueues into one atomic Redis write per queue."""
+class Enqueuer:
+    """Coalesces concurrent enqueues into one broker write per queue; subclasses write."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        timeout: float,
-        marker_ttl: int,
-        max_events_per_message: int,
-    ) -> None:
-        self._client = client
+    def __init__(self, *, timeout: float, max_events_per_message: int) -> None:
         self._timeout = timeout
-        self._marker_ttl = marker_ttl
         self._max_events = max_events_per_message
-        self._script = client.register_script(_ENQUEUE_SCRIPT)
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def enqueue(self, envelope: Envelope, *, queue: str) -> None:
-        """Return once Redis holds the event; raise QueueUnavailableError otherwise."""
+        """Return once the broker holds the event; raise QueueUnavailableError otherwise."""
         lane = self._lanes.setdefault(queue, _Lane(queue))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         lane.pending.append((envelope, done))
@@ -180,14 +159,20 @@ class RedisEnqueuer:
         except TimeoutError:
             raise QueueUnavailableError("the queue did not answer in time") from None
 
+    async def close(self) -> None:
+        """Let writes in flight finish, so no caller is left without an answer."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._timeout)
+
     async def _drain(self, lane: _Lane) -> None:
         # Whatever arrived during one write goes out together in the next one.
         try:
             while lane.pending:
                 batch, lane.pending = lane.pending, []
                 try:
-                    await asyncio.wait_for(self._write(lane.queue, batch), self._timeout)
-                except Exception as exc:
+                    async with asyncio.timeout(self._timeout):
+                        await self._write(lane.queue, [envelope for envelope, _ in batch])
+                except Exception as exc:  # every waiter must hear of the failure
                     error = QueueUnavailableError(f"the queue is unavailable: {exc!r}")
                     for _, done in batch:
                         if not done.done():
@@ -200,8 +185,30 @@ class RedisEnqueuer:
         finally:
             lane.flushing = False
 
-    async def _write(self, queue: str, batch: list[tuple[Envelope, asyncio.Future[None]]]) -> None:
-        wires = [envelope.to_wire() for envelope, _ in batch]
+    def _chunks(self, envelopes: list[Envelope]) -> list[list[dict[str, Any]]]:
+        wires = [envelope.to_wire() for envelope in envelopes]
+        return [wires[i : i + self._max_events] for i in range(0, len(wires), self._max_events)]
+
+    async def _write(self, queue: str, envelopes: list[Envelope]) -> None:
+        raise NotImplementedError
+
+
+class RedisEnqueuer(Enqueuer):
+    """Redis broker: markers and Celery messages in one atomic Lua call."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        timeout: float,
+        marker_ttl: int,
+        max_events_per_message: int,
+    ) -> None:
+        super().__init__(timeout=timeout, max_events_per_message=max_events_per_message)
+        self._marker_ttl = marker_ttl
+        self._script = client.register_script(_ENQUEUE_SCRIPT)
+
+    async def _write(self, queue: str, envelopes: list[Envelope]) -> None:
         messages = [
             celery_task_message(
                 task=PROCESS_EVENTS_TASK,
@@ -209,13 +216,91 @@ class RedisEnqueuer:
                 args=[chunk],
                 argsrepr=f"[<{len(chunk)} envelopes>]",
             )
-            for chunk in (
-                wires[i : i + self._max_events] for i in range(0, len(wires), self._max_events)
-            )
+            for chunk in self._chunks(envelopes)
         ]
-        marker_keys = [event_key(envelope.id) for envelope, _ in batch]
-        markers = [queued_marker(envelope.tenant_id) for envelope, _ in batch]
         await self._script(
-            keys=[queue, *marker_keys],
-            args=[self._marker_ttl, len(messages), *messages, *markers],
+            keys=[queue, *(event_key(e.id) for e in envelopes)],
+            args=[
+                self._marker_ttl,
+                len(messages),
+                *messages,
+                *(queued_marker(e.tenant_id) for e in envelopes),
+            ],
         )
+
+
+class KombuEnqueuer(Enqueuer):
+    """Any other Celery broker (RabbitMQ): kombu with publisher confirms, markers in Redis.
+
+    kombu is synchronous and a connection is not thread-safe, so publishing happens on one
+    dedicated thread; coalescing keeps that to one publish per queue at a time.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        broker_url: str,
+        *,
+        timeout: float,
+        marker_ttl: int,
+        max_events_per_message: int,
+    ) -> None:
+        super().__init__(timeout=timeout, max_events_per_message=max_events_per_message)
+        self._redis = client
+        self._marker_ttl = marker_ttl
+        self._connection = kombu.Connection(
+            broker_url, transport_options={"confirm_publish": True}, connect_timeout=timeout
+        )
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kombu-publish")
+
+    async def _write(self, queue: str, envelopes: list[Envelope]) -> None:
+        # Markers first: the worker overwrites them with the outcome, never the other way round.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for e in envelopes:
+                pipe.set(event_key(e.id), queued_marker(e.tenant_id), ex=self._marker_ttl)
+            await pipe.execute()
+        chunks = self._chunks(envelopes)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._publish, queue, chunks)
+
+    def _publish(self, queue: str, chunks: list[list[dict[str, Any]]]) -> None:
+        publish_wires(self._connection, queue, chunks)
+
+    async def close(self) -> None:
+        await super().close()
+        self._thread.shutdown(wait=True)
+        self._connection.release()
+
+
+def publish_wires(
+    connection: kombu.Connection, queue: str, chunks: list[list[dict[str, Any]]]
+) -> None:
+    """Publish one Celery task message per chunk of envelopes, declaring the queue first."""
+    producer = connection.Producer(serializer="json")
+    declaration = next(q for q in kombu_queues(connection.transport_cls) if q.name == queue)
+    for chunk in chunks:
+        task_id = str(uuid4())
+        producer.publish(
+            _task_body([chunk]),
+            exchange="",
+            routing_key=queue,
+            headers=_task_headers(
+                task=PROCESS_EVENTS_TASK, task_id=task_id, argsrepr=f"[<{len(chunk)}>]"
+            ),
+            correlation_id=task_id,
+            delivery_mode=2,
+            declare=[declaration],
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.1},
+        )
+
+
+def kombu_queues(transport: object) -> tuple[Queue, Queue]:
+    """The two queues, as both the worker and publishers declare them.
+
+    On RabbitMQ they are quorum queues (replicated, durable); Redis has no such notion.
+    """
+    arguments = {} if str(transport).startswith("redis") else {"x-queue-type": "quorum"}
+    return (
+        Queue(LEADS_QUEUE, routing_key=LEADS_QUEUE, queue_arguments=arguments),
+        Queue(ACTIVITY_QUEUE, routing_key=ACTIVITY_QUEUE, queue_arguments=arguments),
+    )

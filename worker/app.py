@@ -4,6 +4,7 @@ import asyncio
 import functools
 import os
 import random
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -12,22 +13,19 @@ import redis
 import structlog
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
-from kombu import Queue
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import create_engine
 from shared.logging import configure_logging
-from shared.queue import ACTIVITY_QUEUE, LEADS_QUEUE
+from shared.queue import ACTIVITY_QUEUE, kombu_queues
 from shared.settings import Settings, get_settings
 from worker.errors import TransientError
 
 settings = get_settings()
 configure_logging(settings)
 log = structlog.get_logger(__name__)
-
-_queue_arguments = {} if settings.broker_is_redis else {"x-queue-type": "quorum"}
 
 app = Celery("leadstream", broker=settings.celery_broker_url, include=["worker.tasks"])
 app.conf.update(
@@ -39,10 +37,7 @@ app.conf.update(
     task_serializer="json",
     accept_content=["json"],
     # `leads` is listed first and polled first, so a page-view burst cannot delay a lead.
-    task_queues=(
-        Queue(LEADS_QUEUE, routing_key=LEADS_QUEUE, queue_arguments=_queue_arguments),
-        Queue(ACTIVITY_QUEUE, routing_key=ACTIVITY_QUEUE, queue_arguments=_queue_arguments),
-    ),
+    task_queues=kombu_queues("redis" if settings.broker_is_redis else "amqp"),
     task_default_queue=ACTIVITY_QUEUE,
     broker_transport_options={
         "queue_order_strategy": "priority",
@@ -110,8 +105,8 @@ def _shutdown_process(**_: Any) -> None:
 
 
 def retry_countdown(retries: int) -> float:
-    """Exponential backoff with full jitter, capped at a minute."""
-    return random.uniform(0, min(60.0, 2.0**retries))
+    """Exponential backoff with full jitter, capped well inside the soft time limit."""
+    return random.uniform(0, min(20.0, 2.0**retries))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -134,14 +129,17 @@ def leadstream_task(*, name: str) -> Callable[[F], Task]:
             try:
                 return fn(self, *args, **kwargs)
             except TransientError as exc:
-                countdown = retry_countdown(self.request.retries)
+                # Back off here, then requeue at once: a countdown would make an ETA message,
+                # which RabbitMQ's quorum queues cannot hold without extra exchanges.
+                delay = retry_countdown(self.request.retries)
                 log.warning(
                     "task.retry",
                     error=str(exc),
                     retries=self.request.retries,
-                    countdown=round(countdown, 2),
+                    delay=round(delay, 2),
                 )
-                raise self.retry(exc=exc, countdown=countdown) from exc
+                time.sleep(delay)
+                raise self.retry(exc=exc, countdown=0) from exc
 
         return app.task(
             name=name,
