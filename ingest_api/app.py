@@ -3,6 +3,7 @@
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -21,6 +22,7 @@ from ingest_api.waiter import OutcomeWaiter
 from shared.db import create_engine, migration_head
 from shared.logging import configure_logging
 from shared.queue import Enqueuer, KombuEnqueuer, RedisEnqueuer
+from shared.schemas import Problem
 from shared.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -51,6 +53,26 @@ def _redis(settings: Settings, *, timeout: float | None) -> aioredis.Redis:
         retry=Retry(NoBackoff(), 0),
         max_connections=64,
     )
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Register the Problem schema that every error response refers to."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(problem.pop("$defs", {}))
+            schemas["Problem"] = problem
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -102,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.token_verifier = TokenVerifier(settings)
     app.state.migration_head = migration_head()
     install_problem_handlers(app)
+    _document_problems(app)
     app.include_router(events.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimits, limits={events.router.prefix: EVENT_BODY_LIMIT})

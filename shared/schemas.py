@@ -37,7 +37,7 @@ KNOWN_EVENT_TYPES = frozenset(
     }
 )
 
-Number = Annotated[int | float, Field(ge=0)]
+Number = Annotated[int | float, Field(ge=0, le=1e15)]
 Url = Annotated[str, Field(min_length=1, max_length=2048)]
 ShortText = Annotated[str, Field(max_length=255)]
 Email = Annotated[str, Field(max_length=320), AfterValidator(normalize_email)]
@@ -123,10 +123,20 @@ class PropertySearchIn(Contract):
     property_type: ShortText | None = None
 
 
-def _nul_path(value: Any, path: str) -> str | None:
-    """The path of the first string holding U+0000 (PostgreSQL cannot store it), if any."""
+_INT_LIMIT = 2**63  # JSON integers beyond 64 bits cannot be stored or serialised
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    """Why the first unstorable value (a NUL character, a huge integer) is so, if any."""
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        return f"{path or 'a value'} contains a NUL character" if "\x00" in value else None
+    # Typed fields have their own bounds; free-form metadata needs this one.
+    if (
+        isinstance(value, int)
+        and path.startswith("metadata")
+        and not -_INT_LIMIT < value < _INT_LIMIT
+    ):
+        return f"{path} is an integer beyond 64 bits"
     items: Any = (
         value.items()
         if isinstance(value, dict)
@@ -137,8 +147,8 @@ def _nul_path(value: Any, path: str) -> str | None:
     for key, item in items:
         child = f"{path}.{key}" if path else str(key)
         if isinstance(key, str) and "\x00" in key:
-            return child
-        if (found := _nul_path(item, child)) is not None:
+            return f"the key {child!r} contains a NUL character"
+        if (found := _unstorable(item, child)) is not None:
             return found
     return None
 
@@ -154,7 +164,7 @@ class EventIn(Contract):
     page_url: Url | None = None
     page_title: Annotated[str, Field(max_length=1024)] | None = None
     page_referrer: Url | None = None
-    page_duration: Annotated[int, Field(ge=0)] | None = None
+    page_duration: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     property: PropertyIn | None = None
     property_search: PropertySearchIn | None = None
     message: Annotated[str, Field(max_length=10_000)] | None = None
@@ -167,9 +177,9 @@ class EventIn(Contract):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul_characters(cls, data: Any) -> Any:
-        if (path := _nul_path(data, "")) is not None:
-            raise ValueError(f"{path or 'a key'} contains a NUL character, which cannot be stored")
+    def _storable(cls, data: Any) -> Any:
+        if (problem := _unstorable(data, "")) is not None:
+            raise ValueError(f"{problem}, which cannot be stored")
         return data
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ from shared.ids import new_event_id
 from shared.outcomes import StoredOutcome, event_key, idempotency_key
 from shared.queue import Envelope, QueueUnavailableError, queue_for
 from shared.repository import load_outcomes
-from shared.schemas import Accepted, EventIn, EventOutcome, Problem
+from shared.schemas import Accepted, EventIn, EventOutcome
 
 router = APIRouter(prefix="/api/partner/events", tags=["events"])
 
@@ -31,7 +31,12 @@ IDEMPOTENT_REPLAYS = Counter("leadstream_idempotent_replays_total", "Repeated Id
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
 _RETRY_AFTER = {"Retry-After": "1"}
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "description": text}
+    code: {
+        "description": text,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
     for code, text in {
         400: "Malformed JSON",
         401: "Missing or invalid token",

@@ -1,0 +1,44 @@
+"""Schemathesis against our own OpenAPI document, on the running API with a real worker."""
+
+import asyncio
+import subprocess
+
+import httpx
+
+from tests.conftest import BIN, Tenant
+
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "response_schema_conformance",
+        "content_type_conformance",
+        "status_code_conformance",
+    ]
+)
+
+
+async def test_no_5xx_and_every_response_matches_the_documented_schema(
+    client: httpx.AsyncClient, api_url: str, tenant: Tenant
+) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(BIN / "schemathesis"),
+            "run",
+            f"{api_url}/openapi.json",
+            "-H",
+            f"Authorization: Bearer {tenant.token}",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "No issues found" in result.stdout
