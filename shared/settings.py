@@ -40,7 +40,6 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = 300
     task_soft_time_limit_seconds: int = 60
     task_time_limit_seconds: int = 90
-    task_max_retries: int = 8
     db_pool_size: int = 5
     db_lock_timeout_ms: int = 10_000
 
