@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.models import Company, DeadLetter, Event, Person, PersonEmail, PersonPhone
@@ -107,17 +107,28 @@ async def load_people(
     if not ids:
         return {}
     people = (await conn.execute(select(people_t).where(people_t.c.id.in_(ids)))).all()
-    contacts: dict[str, dict[UUID, list[Row[Any]]]] = {}
-    for kind, table in (("emails", emails_t), ("phones", phones_t)):
-        rows = await conn.execute(
-            select(table)
-            .where(table.c.person_id.in_(ids))
-            .order_by(table.c.is_primary.desc(), table.c.created_at, table.c.value)
+    both = union_all(
+        *(
+            select(
+                literal(kind).label("kind"),
+                table.c.person_id,
+                table.c.value,
+                table.c.type,
+                table.c.is_primary,
+                table.c.created_at,
+            ).where(table.c.person_id.in_(ids))
+            for kind, table in (("emails", emails_t), ("phones", phones_t))
         )
-        grouped: dict[UUID, list[Row[Any]]] = defaultdict(list)
-        for row in rows:
-            grouped[row.person_id].append(row)
-        contacts[kind] = grouped
+    ).subquery()
+    rows = await conn.execute(
+        select(both).order_by(both.c.is_primary.desc(), both.c.created_at, both.c.value)
+    )
+    contacts: dict[str, dict[UUID, list[Row[Any]]]] = {
+        "emails": defaultdict(list),
+        "phones": defaultdict(list),
+    }
+    for row in rows:
+        contacts[row.kind][row.person_id].append(row)
     return {
         p.id: person_body(p, contacts["emails"][p.id], contacts["phones"][p.id]) for p in people
     }

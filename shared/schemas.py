@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyAddress,
+    ValidationInfo,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -40,7 +41,18 @@ KNOWN_EVENT_TYPES = frozenset(
 Number = Annotated[int | float, Field(ge=0, le=1e15)]
 Url = Annotated[str, Field(min_length=1, max_length=2048)]
 ShortText = Annotated[str, Field(max_length=255)]
-Email = Annotated[str, Field(max_length=320), AfterValidator(normalize_email)]
+# Payloads the API already normalised (the worker's input) skip the costly syntax check; the
+# result is the same, since normalising is idempotent.
+TRUSTED = {"normalized": True}
+
+
+def _email(value: str, info: ValidationInfo) -> str:
+    if info.context is TRUSTED:
+        return value.strip().lower()
+    return normalize_email(value)
+
+
+Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
 Phone = Annotated[str, Field(max_length=64), AfterValidator(check_phone)]
 
 

@@ -14,6 +14,7 @@ batch without it.
 """
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +23,7 @@ from uuid import UUID
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import bindparam, insert, or_, select, tuple_, update
+from sqlalchemy import bindparam, exists, insert, or_, select, text, tuple_, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,7 +44,7 @@ from shared.models import (
 from shared.outcomes import StoredOutcome
 from shared.queue import Envelope
 from shared.repository import load_outcomes
-from shared.schemas import EmailIn, EventIn, PhoneIn
+from shared.schemas import TRUSTED, EmailIn, EventIn, PhoneIn
 
 log = structlog.get_logger(__name__)
 
@@ -156,7 +157,7 @@ def _contacts(raw: Sequence[EmailIn | PhoneIn], normalize: Callable[[str], str])
 def parse(envelope: Envelope, region: str) -> Item:
     """Validate the payload with the public schema; raise EventFailedError if it cannot be read."""
     try:
-        event = EventIn.model_validate(envelope.payload)
+        event = EventIn.model_validate(envelope.payload, context=TRUSTED)
     except ValidationError as exc:
         raise EventFailedError(
             "invalid_payload", 422, "Invalid payload", f"the worker cannot read this event: {exc}"
@@ -193,13 +194,26 @@ def _pairs(pairs: Iterable[tuple[UUID, Any]]) -> list[tuple[UUID, Any]]:
     return sorted(set(pairs), key=str)
 
 
+_REGION_TTL = 60.0
+_regions: dict[UUID, tuple[str, float]] = {}
+
+
 async def tenant_regions(conn: AsyncConnection, tenant_ids: Iterable[UUID]) -> dict[UUID, str]:
-    rows = await conn.execute(
-        select(tenants_t.c.id, tenants_t.c.default_region).where(
-            tenants_t.c.id.in_(set(tenant_ids))
+    """Each tenant's phone region; remembered for a minute, since tenants change rarely."""
+    now = time.monotonic()
+    wanted = set(tenant_ids)
+    missing = {t for t in wanted if t not in _regions or _regions[t][1] < now}
+    if missing:
+        rows = await conn.execute(
+            select(tenants_t.c.id, tenants_t.c.default_region).where(tenants_t.c.id.in_(missing))
         )
-    )
-    return {row.id: row.default_region for row in rows}
+        found = {row.id: row.default_region for row in rows}
+        for tenant in missing:
+            if tenant in found:
+                _regions[tenant] = (found[tenant], now + _REGION_TTL)
+            else:
+                _regions.pop(tenant, None)
+    return {t: _regions[t][0] for t in wanted if t in _regions}
 
 
 class Batch:
@@ -252,11 +266,17 @@ class Batch:
             + [(t, p) for (t, _), p in self.visitor_person.items()]
         )
         if person_pairs:
+            has_primary = {
+                f"has_primary_{kind}": exists().where(
+                    table.c.person_id == people_t.c.id, table.c.is_primary
+                )
+                for kind, table in (("email", emails_t), ("phone", phones_t))
+            }
             rows = await conn.execute(
-                select(people_t)
+                select(people_t, *(e.label(name) for name, e in has_primary.items()))
                 .where(tuple_(people_t.c.tenant_id, people_t.c.id).in_(person_pairs))
                 .order_by(people_t.c.id)
-                .with_for_update(key_share=True)
+                .with_for_update(of=people_t, key_share=True)
             )
             for r in rows:
                 self.people[r.id] = PersonState(
@@ -269,16 +289,9 @@ class Batch:
                     source=r.source,
                     stage=r.stage,
                     company_id=r.company_id,
+                    has_primary_email=r.has_primary_email,
+                    has_primary_phone=r.has_primary_phone,
                 )
-            ids = list(self.people)
-            for table, attr in ((emails_t, "has_primary_email"), (phones_t, "has_primary_phone")):
-                rows = await conn.execute(
-                    select(table.c.person_id)
-                    .where(table.c.person_id.in_(ids), table.c.is_primary)
-                    .distinct()
-                )
-                for r in rows:
-                    setattr(self.people[r.person_id], attr, True)
 
         by_id = _pairs(
             (i.tenant_id, i.event.company.id)
@@ -560,22 +573,14 @@ class Batch:
                 raise DuplicateEventError(f"{len(self.event_rows) - len(inserted)} events existed")
         if self.visitor_rows:
             # Earlier anonymous events of a visitor now known belong to that person.
+            rows = list(self.visitor_rows.values())
             await conn.execute(
-                update(events_t)
-                .where(
-                    events_t.c.tenant_id == bindparam("b_tenant"),
-                    events_t.c.visitor_id == bindparam("b_visitor"),
-                    events_t.c.person_id.is_(None),
-                )
-                .values(person_id=bindparam("b_person")),
-                [
-                    {
-                        "b_tenant": r["tenant_id"],
-                        "b_visitor": r["visitor_id"],
-                        "b_person": r["person_id"],
-                    }
-                    for r in self.visitor_rows.values()
-                ],
+                _BACKFILL,
+                {
+                    "tenants": [r["tenant_id"] for r in rows],
+                    "visitors": [r["visitor_id"] for r in rows],
+                    "people": [r["person_id"] for r in rows],
+                },
             )
         if self.idem_rows:
             await conn.execute(insert(idem_t), self.idem_rows)
@@ -622,6 +627,17 @@ class Batch:
             "created_at": self.now,
             "updated_at": self.now,
         }
+
+
+_BACKFILL = text(
+    """
+    UPDATE events SET person_id = v.person_id
+    FROM unnest(CAST(:tenants AS uuid[]), CAST(:visitors AS text[]), CAST(:people AS uuid[]))
+        AS v(tenant_id, visitor_id, person_id)
+    WHERE events.tenant_id = v.tenant_id AND events.visitor_id = v.visitor_id
+      AND events.person_id IS NULL
+    """
+)
 
 
 class PoisonEventError(Exception):
@@ -711,17 +727,11 @@ async def process_batch(
     batch = Batch(conn, items, now)
     await lock_all(conn, lock_names(items) | {event_lock_name(e.id) for e, _ in failures})
     ids = [e.id for e in envelopes]
-    done_ids = set(
-        (await conn.execute(select(events_t.c.id).where(events_t.c.id.in_(ids)))).scalars()
-    ) | set(
-        (
-            await conn.execute(
-                select(dead_t.c.event_id).where(
-                    dead_t.c.event_id.in_(ids), dead_t.c.replayed_at.is_(None)
-                )
-            )
-        ).scalars()
+    decided = union_all(
+        select(events_t.c.id).where(events_t.c.id.in_(ids)),
+        select(dead_t.c.event_id).where(dead_t.c.event_id.in_(ids), dead_t.c.replayed_at.is_(None)),
     )
+    done_ids = set((await conn.execute(decided)).scalars())
     idem_pairs = _pairs(
         (i.tenant_id, i.envelope.idempotency_key) for i in items if i.envelope.idempotency_key
     )
