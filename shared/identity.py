@@ -6,6 +6,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 _NON_DIGITS = re.compile(r"\D")
+_CANONICAL = re.compile(r"\+\d+")
 MIN_PHONE_DIGITS = 4
 MAX_PHONE_DIGITS = 17
 
@@ -35,16 +36,27 @@ def check_phone(raw: str) -> str:
 
 
 def normalize_phone(raw: str, region: str) -> str:
-    """E.164 when phonenumbers can parse it, else '+' and the digits.
+    """E.164 when phonenumbers can parse it, else '+' and the digits; idempotent.
 
     Numbers that parse but are not valid (the seed's `+1-555-1234`) keep phonenumbers' E.164
-    spelling, so every spelling of them still matches itself.
+    spelling, so every spelling of them still matches itself. Such a spelling can parse
+    differently again (a national prefix dropped, another country matched), so the result is
+    normalised until it stays put: two steps at most, since '+' and digits either parse as a
+    valid number, whose E.164 form is stable, or are kept as they are.
     """
+    stripped = raw.strip()
     try:
-        parsed = phonenumbers.parse(raw, region)
+        parsed = phonenumbers.parse(stripped, region)
     except phonenumbers.NumberParseException:
-        return "+" + _NON_DIGITS.sub("", raw)
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        candidate = "+" + _NON_DIGITS.sub("", raw)
+        return candidate if candidate == stripped else normalize_phone(candidate, region)
+    if phonenumbers.is_valid_number(parsed):
+        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if _CANONICAL.fullmatch(stripped):
+        return stripped
+    return normalize_phone(
+        phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), region
+    )
 
 
 def company_key(name: str) -> str:
