@@ -1,6 +1,7 @@
 """The app factory: `uvicorn ingest_api.app:create_app --factory`."""
 
 import gc
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,6 +45,22 @@ async def check_redis_eviction(client: aioredis.Redis, settings: Settings) -> No
         log.warning("redis.eviction_enabled", policy=policy, detail=message)
 
 
+async def check_redis_clock(client: aioredis.Redis, settings: Settings) -> None:
+    """Enqueue deadlines are compared with Redis' clock: a skewed one refuses or admits late."""
+    try:
+        seconds, micros = await client.time()
+    except RedisError as exc:
+        log.warning("redis.clock_unknown", error=str(exc))
+        return
+    skew = seconds + micros / 1e6 - time.time()
+    if abs(skew) > settings.enqueue_timeout_seconds / 5:
+        log.warning(
+            "redis.clock_skew",
+            skew_seconds=round(skew, 3),
+            detail="synchronise the clocks (NTP): enqueue deadlines depend on them",
+        )
+
+
 def _redis(settings: Settings, *, timeout: float | None) -> aioredis.Redis:
     # No client-side retries: a slow or absent Redis must turn into a quick 503, not a hang.
     return aioredis.Redis.from_url(
@@ -84,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = _redis(settings, timeout=settings.enqueue_timeout_seconds)
         waiter = OutcomeWaiter(_redis(settings, timeout=None))
         await check_redis_eviction(client, settings)
+        await check_redis_clock(client, settings)
         engine = create_engine(settings)
         options = {
             "timeout": settings.enqueue_timeout_seconds,

@@ -14,8 +14,11 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         pool_size=pool_size or settings.db_pool_size,
         pool_pre_ping=True,
         connect_args={
-            # A lock wait that long means something is stuck: fail and let the task retry.
-            "server_settings": {"lock_timeout": str(settings.db_lock_timeout_ms)},
+            # A wait that long means something is stuck: fail, and let the task retry.
+            "server_settings": {
+                "lock_timeout": str(settings.db_lock_timeout_ms),
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
         },
     )
 

@@ -8,8 +8,10 @@ in flight are coalesced, per queue, into one message and one Redis round trip.
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,8 +25,9 @@ import redis.asyncio as aioredis
 from kombu import Queue
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+from redis.exceptions import RedisError
 
-from shared.outcomes import event_key, queued_marker
+from shared.outcomes import event_key, idempotency_key, queued_marker
 
 PROCESS_EVENTS_TASK = "leadstream.process_events"
 LEADS_QUEUE = "leads"
@@ -34,6 +37,7 @@ LEAD_EVENT_TYPES = frozenset({"form_submission", "inquiry", "appointment_schedul
 
 _ORIGIN = f"leadstream-api@{socket.gethostname()}:{os.getpid()}"
 _ENQUEUE_SCRIPT = files("shared").joinpath("enqueue.lua").read_text()
+_ENQUEUE_KEYED_SCRIPT = files("shared").joinpath("enqueue_keyed.lua").read_text()
 
 
 def queue_for(event_type: str) -> str:
@@ -130,12 +134,17 @@ class _Lane:
     """Events waiting for one queue, and whether a write to it is in flight."""
 
     queue: str
-    pending: list[tuple[Envelope, asyncio.Future[None]]] = field(default_factory=list)
+    pending: list[tuple[Envelope, asyncio.Future[None], float]] = field(default_factory=list)
     flushing: bool = False
 
 
 class Enqueuer:
-    """Coalesces concurrent enqueues into one broker write per queue; subclasses write."""
+    """Coalesces concurrent enqueues into one broker write per queue; subclasses write.
+
+    Every write carries a deadline, the moment the first of its callers gives up and answers
+    503: a broker that executes the write later (a Redis that hung, then resumed) must not
+    queue what the API refused.
+    """
 
     def __init__(self, *, timeout: float, max_events_per_message: int) -> None:
         self._timeout = timeout
@@ -147,7 +156,7 @@ class Enqueuer:
         """Return once the broker holds the event; raise QueueUnavailableError otherwise."""
         lane = self._lanes.setdefault(queue, _Lane(queue))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        lane.pending.append((envelope, done))
+        lane.pending.append((envelope, done, time.time() + self._timeout))
         if not lane.flushing:
             lane.flushing = True
             task = asyncio.create_task(self._drain(lane))
@@ -159,6 +168,12 @@ class Enqueuer:
         except TimeoutError:
             raise QueueUnavailableError("the queue did not answer in time") from None
 
+    async def enqueue_keyed(
+        self, envelope: Envelope, *, queue: str, key: str, key_ttl: int
+    ) -> UUID:
+        """Queue the event unless `key` already names one; return the id the key names."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         """Let writes in flight finish, so no caller is left without an answer."""
         if self._tasks:
@@ -169,17 +184,18 @@ class Enqueuer:
         try:
             while lane.pending:
                 batch, lane.pending = lane.pending, []
+                deadline = min(d for _, _, d in batch)
                 try:
-                    async with asyncio.timeout(self._timeout):
-                        await self._write(lane.queue, [envelope for envelope, _ in batch])
+                    async with asyncio.timeout(max(0.0, deadline - time.time())):
+                        await self._write(lane.queue, [e for e, _, _ in batch], deadline)
                 except Exception as exc:  # every waiter must hear of the failure
                     error = QueueUnavailableError(f"the queue is unavailable: {exc!r}")
-                    for _, done in batch:
+                    for _, done, _ in batch:
                         if not done.done():
                             done.set_exception(error)
                             done.exception()  # a waiter that timed out must not warn on GC
                 else:
-                    for _, done in batch:
+                    for _, done, _ in batch:
                         if not done.done():
                             done.set_result(None)
         finally:
@@ -189,8 +205,14 @@ class Enqueuer:
         wires = [envelope.to_wire() for envelope in envelopes]
         return [wires[i : i + self._max_events] for i in range(0, len(wires), self._max_events)]
 
-    async def _write(self, queue: str, envelopes: list[Envelope]) -> None:
+    async def _write(self, queue: str, envelopes: list[Envelope], deadline: float) -> None:
         raise NotImplementedError
+
+
+def _message(queue: str, chunk: list[dict[str, Any]]) -> bytes:
+    return celery_task_message(
+        task=PROCESS_EVENTS_TASK, queue=queue, args=[chunk], argsrepr=f"[<{len(chunk)} envelopes>]"
+    )
 
 
 class RedisEnqueuer(Enqueuer):
@@ -207,33 +229,53 @@ class RedisEnqueuer(Enqueuer):
         super().__init__(timeout=timeout, max_events_per_message=max_events_per_message)
         self._marker_ttl = marker_ttl
         self._script = client.register_script(_ENQUEUE_SCRIPT)
+        self._keyed_script = client.register_script(_ENQUEUE_KEYED_SCRIPT)
 
-    async def _write(self, queue: str, envelopes: list[Envelope]) -> None:
-        messages = [
-            celery_task_message(
-                task=PROCESS_EVENTS_TASK,
-                queue=queue,
-                args=[chunk],
-                argsrepr=f"[<{len(chunk)} envelopes>]",
-            )
-            for chunk in self._chunks(envelopes)
-        ]
-        await self._script(
+    async def _write(self, queue: str, envelopes: list[Envelope], deadline: float) -> None:
+        messages = [_message(queue, chunk) for chunk in self._chunks(envelopes)]
+        written = await self._script(
             keys=[queue, *(event_key(e.id) for e in envelopes)],
             args=[
                 self._marker_ttl,
+                int(deadline * 1000),
                 len(messages),
                 *messages,
                 *(queued_marker(e.tenant_id) for e in envelopes),
             ],
         )
+        if written == -1:
+            raise QueueUnavailableError("the queue answered after the deadline")
+
+    async def enqueue_keyed(
+        self, envelope: Envelope, *, queue: str, key: str, key_ttl: int
+    ) -> UUID:
+        deadline = time.time() + self._timeout
+        try:
+            async with asyncio.timeout(self._timeout):
+                owner = await self._keyed_script(
+                    keys=[queue, event_key(envelope.id), idempotency_key(envelope.tenant_id, key)],
+                    args=[
+                        self._marker_ttl,
+                        int(deadline * 1000),
+                        _message(queue, self._chunks([envelope])[0]),
+                        queued_marker(envelope.tenant_id),
+                        str(envelope.id),
+                        key_ttl,
+                    ],
+                )
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise QueueUnavailableError(f"the queue is unavailable: {exc!r}") from None
+        if owner == -1:
+            raise QueueUnavailableError("the queue answered after the deadline")
+        return UUID(owner.decode() if isinstance(owner, bytes) else str(owner))
 
 
 class KombuEnqueuer(Enqueuer):
     """Any other Celery broker (RabbitMQ): kombu with publisher confirms, markers in Redis.
 
     kombu is synchronous and a connection is not thread-safe, so publishing happens on one
-    dedicated thread; coalescing keeps that to one publish per queue at a time.
+    dedicated thread; coalescing keeps that to one publish per queue at a time. A late publish
+    cannot be withdrawn here: a 503 may still have been queued (retry with an Idempotency-Key).
     """
 
     def __init__(
@@ -253,7 +295,7 @@ class KombuEnqueuer(Enqueuer):
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kombu-publish")
 
-    async def _write(self, queue: str, envelopes: list[Envelope]) -> None:
+    async def _write(self, queue: str, envelopes: list[Envelope], deadline: float) -> None:
         # Markers first: the worker overwrites them with the outcome, never the other way round.
         async with self._redis.pipeline(transaction=False) as pipe:
             for e in envelopes:
@@ -261,6 +303,26 @@ class KombuEnqueuer(Enqueuer):
             await pipe.execute()
         chunks = self._chunks(envelopes)
         await asyncio.get_running_loop().run_in_executor(self._thread, self._publish, queue, chunks)
+
+    async def enqueue_keyed(
+        self, envelope: Envelope, *, queue: str, key: str, key_ttl: int
+    ) -> UUID:
+        redis_key = idempotency_key(envelope.tenant_id, key)
+        try:
+            async with asyncio.timeout(self._timeout):
+                claimed = await self._redis.set(redis_key, str(envelope.id), nx=True, ex=key_ttl)
+                first = None if claimed else await self._redis.get(redis_key)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise QueueUnavailableError(f"redis is unavailable: {exc!r}") from None
+        if first is not None:
+            return UUID(first.decode())
+        try:
+            await self.enqueue(envelope, queue=queue)
+        except QueueUnavailableError:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.delete(redis_key)  # a retry must be able to queue it
+            raise
+        return envelope.id
 
     def _publish(self, queue: str, chunks: list[list[dict[str, Any]]]) -> None:
         publish_wires(self._connection, queue, chunks)

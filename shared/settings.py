@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     default_phone_region: str = "US"
     max_wait_seconds: int = Field(30, ge=0, le=300)
     # How long the API waits for Redis before answering 503: it must never hang.
-    enqueue_timeout_seconds: float = Field(1.0, gt=0)
+    enqueue_timeout_seconds: float = Field(0.5, gt=0)
     enqueue_max_events_per_message: int = Field(200, ge=1, le=1000)
     queued_marker_ttl_seconds: int = 7 * 24 * 3600
     outcome_ttl_seconds: int = 3600
@@ -38,10 +38,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, ge=1)
     # Redelivery of an unacked message happens after this; it must exceed the hard time limit.
     visibility_timeout_seconds: int = 300
-    task_soft_time_limit_seconds: int = 60
     task_time_limit_seconds: int = 90
     db_pool_size: int = 5
     db_lock_timeout_ms: int = 10_000
+    db_statement_timeout_ms: int = 30_000
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -45,8 +45,12 @@ app.conf.update(
         "visibility_timeout": settings.visibility_timeout_seconds,
     },
     broker_connection_retry_on_startup=True,
-    task_soft_time_limit=settings.task_soft_time_limit_seconds,
+    # No soft limit: its exception can strike mid-transaction or mid-backoff, and Celery acks a
+    # task that fails that way. Statements have their own timeouts instead; the hard limit
+    # kills the process, and a task that fails or times out is NOT acknowledged, so its
+    # message comes back after the visibility timeout instead of being lost.
     task_time_limit=settings.task_time_limit_seconds,
+    task_acks_on_failure_or_timeout=False,
     worker_send_task_events=True,  # Flower
     worker_hijack_root_logger=False,
 )
@@ -131,7 +135,9 @@ def leadstream_task(*, name: str) -> Callable[[F], Task]:
             except TransientError as exc:
                 # Back off here, then requeue at once: a countdown would make an ETA message,
                 # which RabbitMQ's quorum queues cannot hold without extra exchanges.
-                delay = retry_countdown(self.request.retries)
+                delay = min(
+                    retry_countdown(self.request.retries), settings.task_time_limit_seconds / 4
+                )
                 log.warning(
                     "task.retry",
                     error=str(exc),

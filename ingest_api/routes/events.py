@@ -1,6 +1,5 @@
 """POST /api/partner/events and GET /api/partner/events/{id}."""
 
-import contextlib
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -17,7 +16,7 @@ from ingest_api.problems import ProblemError, problem_response
 from ingest_api.state import IngestState
 from shared.auth import READ_SCOPE, WRITE_SCOPE, Principal
 from shared.ids import new_event_id
-from shared.outcomes import StoredOutcome, event_key, idempotency_key
+from shared.outcomes import StoredOutcome, event_key
 from shared.queue import Envelope, QueueUnavailableError, queue_for
 from shared.repository import load_outcomes
 from shared.schemas import Accepted, EventIn, EventOutcome
@@ -138,65 +137,40 @@ async def create_event(event: EventIn, request: Request) -> Response:
         payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
     )
 
-    if idempotency_key_header is not None:
-        first = await _claim_idempotency_key(state, envelope, idempotency_key_header)
-        if first is not None:
-            IDEMPOTENT_REPLAYS.inc()
-            replay = {**applied, "Idempotent-Replayed": "true"}
-            if wait is None:
-                return _queued(first, replay)
-            future = state.waiter.register(first)
-            outcome = await state.waiter.wait(first, future, wait)
-            return _outcome_response(first, outcome, replay) if outcome else _queued(first, replay)
-
+    queue = queue_for(event.type)
     future = state.waiter.register(envelope.id) if wait is not None else None
     try:
-        await state.enqueuer.enqueue(envelope, queue=queue_for(event.type))
+        if idempotency_key_header is None:
+            await state.enqueuer.enqueue(envelope, queue=queue)
+            owner = envelope.id
+        else:
+            owner = await state.enqueuer.enqueue_keyed(
+                envelope,
+                queue=queue,
+                key=idempotency_key_header,
+                key_ttl=state.settings.idempotency_ttl_seconds,
+            )
     except QueueUnavailableError as exc:
         if future is not None:
             state.waiter.unregister(envelope.id, future)
-        if idempotency_key_header is not None:
-            await _release_idempotency_key(state, envelope, idempotency_key_header)
         ENQUEUE_FAILURES.inc()
         raise ProblemError(
             503, "Queue unavailable", str(exc), kind="queue-unavailable", headers=_RETRY_AFTER
         ) from None
-    EVENTS_ACCEPTED.labels(queue_for(event.type)).inc()
+
+    headers = dict(applied)
+    if owner != envelope.id:  # the key's first event answers; nothing new was queued
+        IDEMPOTENT_REPLAYS.inc()
+        headers["Idempotent-Replayed"] = "true"
+        if future is not None:
+            state.waiter.unregister(envelope.id, future)
+            future = state.waiter.register(owner)
+    else:
+        EVENTS_ACCEPTED.labels(queue).inc()
     if future is None or wait is None:
-        return _queued(envelope.id)
-    outcome = await state.waiter.wait(envelope.id, future, wait)
-    return (
-        _outcome_response(envelope.id, outcome, applied)
-        if outcome
-        else _queued(envelope.id, applied)
-    )
-
-
-async def _claim_idempotency_key(state: IngestState, envelope: Envelope, key: str) -> UUID | None:
-    """None if this request owns the key now, else the id of the event that owns it."""
-    redis_key = idempotency_key(envelope.tenant_id, key)
-    try:
-        claimed = await state.redis.set(
-            redis_key, str(envelope.id), nx=True, ex=state.settings.idempotency_ttl_seconds
-        )
-        if claimed:
-            return None
-        first = await state.redis.get(redis_key)
-    except (RedisError, OSError) as exc:
-        raise ProblemError(
-            503,
-            "Queue unavailable",
-            f"redis: {exc}",
-            kind="queue-unavailable",
-            headers=_RETRY_AFTER,
-        ) from None
-    return UUID(first.decode()) if first else None
-
-
-async def _release_idempotency_key(state: IngestState, envelope: Envelope, key: str) -> None:
-    # The event was not queued, so a retry with the same key must be able to queue it.
-    with contextlib.suppress(RedisError, OSError):
-        await state.redis.delete(idempotency_key(envelope.tenant_id, key))
+        return _queued(owner, headers)
+    outcome = await state.waiter.wait(owner, future, wait)
+    return _outcome_response(owner, outcome, headers) if outcome else _queued(owner, headers)
 
 
 @router.get(

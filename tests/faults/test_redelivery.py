@@ -1,0 +1,110 @@
+"""Redelivery: the same message consumed twice at once by two worker processes.
+
+Kombu's Redis transport redelivers a message after the visibility timeout or when a worker
+restores it, while the first consumer may still be running it; a producer may also publish a
+message twice. Two copies of every message are LPUSHed in one command, and two separate
+`celery worker` processes (one pool process each) take them side by side.
+"""
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import pytest
+import redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.outcomes import event_key, queued_marker
+from shared.settings import Settings
+from tests.conftest import Tenant
+from tests.faults.conftest import Fleet
+from tests.faults.support import (
+    assert_stored_exactly_once,
+    blocked_backends,
+    burst,
+    connections_by_port,
+    database_port,
+    email_lock_key,
+    eventually,
+    log_records,
+    outcomes_of,
+    pool_children,
+)
+
+pytestmark = pytest.mark.faults
+
+
+async def test_a_message_taken_by_two_workers_at_once_stores_each_event_once(
+    fleet: Fleet,
+    fault_env: dict[str, str],
+    broker: redis.Redis,
+    engine: AsyncEngine,
+    tenant: Tenant,
+    settings: Settings,
+    measure: Callable[..., None],
+) -> None:
+    db_port = database_port(settings)
+    workers = [fleet.worker(fault_env, concurrency=1, name=f"twin-{k}") for k in range(2)]
+    work = burst(tenant.id, events=300, people=40, companies=5, per_message=5, seed=4)
+    lock = email_lock_key(tenant.id, work.envelopes[0].payload["metadata"]["email"])
+
+    async with engine.connect() as holder:
+        # Both copies of the first message stop on this lock, each inside its own transaction.
+        await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock})
+        await holder.commit()
+        pipe = broker.pipeline(transaction=True)  # everything lands at one instant
+        for e in work.envelopes:
+            pipe.set(event_key(e.id), queued_marker(e.tenant_id))
+        for queue, body in work.messages:
+            pipe.lpush(queue, body, body)
+        pipe.execute()
+
+        async def both_inside() -> bool:
+            async with engine.connect() as conn:
+                blocked = await blocked_backends(conn)
+            return all(
+                any(p in blocked for p in connections_by_port(pool_children(w), db_port))
+                for w in workers
+            )
+
+        await eventually(both_inside, timeout=20, what="both copies waiting in a transaction")
+        await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
+        await holder.commit()
+    released = time.monotonic()
+
+    outcomes = await outcomes_of(broker, work, timeout=60)
+    elapsed = time.monotonic() - released
+    found = await assert_stored_exactly_once(engine, work)
+    created_people = sum(bool(o.body and o.body.get("wasPersonCreated")) for o in outcomes.values())
+    assert created_people == found["people"], "each person created by exactly one event"
+
+    records = log_records(*workers)
+    batches = [r for r in records if r["event"] == "batch.processed"]
+    assert sum(r["created"] for r in batches) == len(work.ids), "each event created once"
+    assert sum(r["replayed"] for r in batches) == len(work.ids), "and replayed by the twin"
+    # The two copies share a task id: which worker ran each, and did the runs overlap?
+    runs: dict[str, list[tuple[int, datetime, datetime]]] = defaultdict(list)
+    for k, worker in enumerate(workers):
+        for r in log_records(worker):
+            if r["event"] == "batch.processed":
+                end = datetime.fromisoformat(r["timestamp"])
+                runs[r["task_id"]].append((k, end - timedelta(milliseconds=r["ms"]), end))
+    split = [v for v in runs.values() if len(v) == 2 and v[0][0] != v[1][0]]
+    overlapping = [v for v in split if v[0][1] < v[1][2] and v[1][1] < v[0][2]]
+    assert overlapping, "no message ran in both workers at the same time"
+    retries = sum(r["event"] == "task.retry" for r in records)
+    measure(
+        accepted=len(work.ids),
+        deliveries=2 * len(work.ids),
+        stored=found["events"],
+        duplicates=found["events"] - len(work.ids),
+        rows=found,
+        messages=len(work.messages),
+        copies_run_by_both_workers=len(split),
+        copies_run_at_the_same_time=len(overlapping),
+        contention_retries=sum(r["event"] == "batch.contention_retry" for r in records),
+        task_retries=retries,
+        done_after_release_s=round(elapsed, 2),
+    )
