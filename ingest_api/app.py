@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "timeout": settings.enqueue_timeout_seconds,
             "marker_ttl": settings.queued_marker_ttl_seconds,
             "max_events_per_message": settings.enqueue_max_events_per_message,
+            "activity_linger": settings.enqueue_activity_linger_ms / 1000,
         }
         enqueuer: Enqueuer = (
             RedisEnqueuer(client, **options)
