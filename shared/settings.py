@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # Redelivery of an unacked message happens after this; it must exceed the hard time limit.
     visibility_timeout_seconds: int = 300
     task_time_limit_seconds: int = 90
+    # Transient failures retry with backoff (≤ 20 s each) this often, then become dead letters.
+    task_max_retries: int = 40
     db_pool_size: int = 5
     db_lock_timeout_ms: int = 10_000
     db_statement_timeout_ms: int = 30_000

@@ -126,6 +126,22 @@ async def _bisect(engine: AsyncEngine, envelopes: list[Envelope], exc: Exception
     )
 
 
+async def dead_letter_batch(
+    engine: AsyncEngine, envelopes: list[Envelope], *, detail: str
+) -> BatchResult:
+    """Store a batch whose retries ran out as dead letters (events already stored stay so)."""
+    error = EventFailedError(
+        "retries_exhausted", 503, "Retries exhausted", f"a transient failure persisted: {detail}"
+    )
+    try:
+        async with engine.begin() as conn:
+            return await process_batch(
+                conn, envelopes, now=datetime.now(UTC), poisoned={e.id: error for e in envelopes}
+            )
+    except Exception as exc:  # the database is still unreachable: keep retrying
+        raise TransientError(f"cannot dead-letter the batch: {exc!r}") from exc
+
+
 def publish_outcomes(
     client: redis.Redis,
     envelopes: list[Envelope],

@@ -8,7 +8,8 @@ from celery import Task
 
 from shared.queue import PROCESS_EVENTS_TASK, Envelope
 from worker.app import leadstream_task, runtime
-from worker.processing import commit_batch, publish_outcomes
+from worker.errors import TransientError
+from worker.processing import commit_batch, dead_letter_batch, publish_outcomes
 
 log = structlog.get_logger(__name__)
 
@@ -19,7 +20,14 @@ def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
     parsed = [Envelope.model_validate(e) for e in envelopes]
     rt = runtime()
     started = time.perf_counter()
-    result = rt.run(commit_batch(rt.engine, parsed))
+    try:
+        result = rt.run(commit_batch(rt.engine, parsed))
+    except TransientError as exc:
+        if self.request.retries < rt.settings.task_max_retries:
+            raise
+        # Retried for long enough: park the events as dead letters (replayable). If even that
+        # fails, the database is down and the task keeps retrying: nothing is dropped.
+        result = rt.run(dead_letter_batch(rt.engine, parsed, detail=str(exc)))
     publish_outcomes(rt.redis, parsed, result.outcomes, rt.settings)
     log.info(
         "batch.processed",

@@ -5,16 +5,17 @@ import re
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.models import Company, Event, Person, PersonEmail
+from shared.models import Company, DeadLetter, Event, Person, PersonEmail
 from shared.outcomes import event_key
 from shared.settings import Settings
-from tests.conftest import BIN, REPO, Tenant, WorkerProcess
+from tests.conftest import BIN, REPO, Tenant, WorkerProcess, _stop, start_worker
 from tests.helpers import envelope, message, push, totals, wait_outcomes
 
 
@@ -250,3 +251,56 @@ async def test_dead_letters_are_listed_and_replayed_once_the_cause_is_fixed(
     }
     assert str(e.id) not in cli("list").stdout
     assert cli("replay", str(e.id)).stdout.split() == []  # nothing left to replay
+
+
+async def test_a_transient_failure_that_persists_ends_as_a_dead_letter(
+    service_env: dict[str, str], engine: AsyncEngine, tenant: Tenant, tmp_path: Path
+) -> None:
+    """Retries are capped: then the events are parked as replayable dead letters, not dropped."""
+    marker = f"contended_{uuid.uuid4().hex[:8]}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(f"""
+            CREATE FUNCTION {marker}() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.message = '{marker}' THEN
+                RAISE EXCEPTION 'lock not available (test)' USING ERRCODE = '55P03';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        )
+        await conn.execute(
+            text(
+                f"CREATE TRIGGER {marker} BEFORE INSERT ON events "
+                f"FOR EACH ROW EXECUTE FUNCTION {marker}()"
+            )
+        )
+    # A worker of its own, on a Redis db of its own, that gives up after one retry.
+    own_redis = service_env["LEADSTREAM_REDIS_URL"].rsplit("/", 1)[0] + "/12"
+    broker = redis.Redis.from_url(own_redis)
+    broker.flushdb()
+    env = {**service_env, "LEADSTREAM_REDIS_URL": own_redis, "LEADSTREAM_TASK_MAX_RETRIES": "1"}
+    worker = start_worker(env, tmp_path / "worker.log", concurrency=1)
+    try:
+        e = envelope(
+            tenant.id,
+            {"type": "inquiry", "person": {"emails": ["stuck@example.com"]}, "message": marker},
+        )
+        push(broker, ("leads", message([e])), markers=[e])
+        outcome = (await wait_outcomes(broker, [e.id], timeout=60))[e.id]
+    finally:
+        _stop(worker.process)
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP TRIGGER {marker} ON events"))
+            await conn.execute(text(f"DROP FUNCTION {marker}()"))
+        broker.flushdb()
+    assert outcome.status == "failed" and outcome.http_status == 503
+    assert outcome.body["type"].endswith("/retries-exhausted")
+    log = worker.log.read_text()
+    assert '"task.retry"' in log  # it was retried before giving up
+    async with engine.connect() as conn:
+        reason = (
+            await conn.execute(select(DeadLetter.reason).where(DeadLetter.event_id == e.id))
+        ).scalar_one()
+    assert reason == "retries_exhausted"
+    assert (await totals(engine, tenant.id))["events"] == 0
