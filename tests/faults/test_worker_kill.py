@@ -179,7 +179,6 @@ async def test_kill_9_of_the_whole_worker_then_a_restarted_worker_finishes(
         **fault_env,
         "LEADSTREAM_VISIBILITY_TIMEOUT_SECONDS": str(visibility),
         "LEADSTREAM_TASK_TIME_LIMIT_SECONDS": "8",
-        "LEADSTREAM_TASK_SOFT_TIME_LIMIT_SECONDS": "7",
     }
     first = fleet.worker(env, name="killed")
     work = burst(tenant.id, events=400, people=60, companies=6, per_message=10, seed=2)
