@@ -54,6 +54,8 @@ app.conf.update(
     worker_send_task_events=True,  # Flower
     worker_hijack_root_logger=False,
 )
+if settings.broker_is_redis:
+    app.conf.broker_transport = "worker.broker:Transport"  # an upstream bug worked around
 if settings.task_time_limit_seconds >= settings.visibility_timeout_seconds:
     raise RuntimeError("visibility_timeout must exceed the task time limit, or tasks run twice")
 

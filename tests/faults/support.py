@@ -31,10 +31,6 @@ FAST_REDELIVERY = {
     "LEADSTREAM_TASK_TIME_LIMIT_SECONDS": "5",
 }
 
-# What Celery 5.7/kombu 5.7 logs when it dies restoring messages over a lost Redis connection
-# (an upstream bug; see README, Operations): the process a supervisor would restart.
-KOMBU_RESTORE_BUG = "object has no attribute 'hostname'"
-
 
 def email(i: int) -> str:
     return f"person{i}@faults.example.com"

@@ -1,0 +1,29 @@
+"""kombu's Redis transport, with one upstream bug (kombu 5.7) worked around.
+
+When Redis goes away while a worker holds messages, kombu tears the connection down and then
+tries to restore or ack those messages through it: `_connparams` dereferences the now-None
+`connection.client` and the AttributeError kills the worker ("Unrecoverable error"). Raising
+a connection error instead lets kombu's own handling take over (it ignores or logs connection
+errors there, and Celery reconnects); the messages stay in Redis' unacked set and come back
+after the visibility timeout, where the idempotent task makes the redelivery a no-op.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+
+
+class Channel(kombu_redis.Channel):
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client is None and self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection is already closed")
+        with super().conn_or_acquire(client) as acquired:
+            yield acquired
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
