@@ -147,9 +147,15 @@ class Enqueuer:
     """
 
     def __init__(
-        self, *, timeout: float, max_events_per_message: int, activity_linger: float = 0.0
+        self,
+        *,
+        timeout: float,
+        marker_ttl: int,
+        max_events_per_message: int,
+        activity_linger: float = 0.0,
     ) -> None:
         self._timeout = timeout
+        self._marker_ttl = marker_ttl
         self._max_events = max_events_per_message
         # Page views wait this long for company in their message: a worker pays ~15 ms per
         # message and ~1 ms per event, so one-event messages would cap it at a fraction of
@@ -226,21 +232,8 @@ def _message(queue: str, chunk: list[dict[str, Any]]) -> bytes:
 class RedisEnqueuer(Enqueuer):
     """Redis broker: markers and Celery messages in one atomic Lua call."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        timeout: float,
-        marker_ttl: int,
-        max_events_per_message: int,
-        activity_linger: float = 0.0,
-    ) -> None:
-        super().__init__(
-            timeout=timeout,
-            max_events_per_message=max_events_per_message,
-            activity_linger=activity_linger,
-        )
-        self._marker_ttl = marker_ttl
+    def __init__(self, client: aioredis.Redis, **options: Any) -> None:
+        super().__init__(**options)
         self._script = client.register_script(_ENQUEUE_SCRIPT)
         self._keyed_script = client.register_script(_ENQUEUE_KEYED_SCRIPT)
 
@@ -291,25 +284,11 @@ class KombuEnqueuer(Enqueuer):
     cannot be withdrawn here: a 503 may still have been queued (retry with an Idempotency-Key).
     """
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        broker_url: str,
-        *,
-        timeout: float,
-        marker_ttl: int,
-        max_events_per_message: int,
-        activity_linger: float = 0.0,
-    ) -> None:
-        super().__init__(
-            timeout=timeout,
-            max_events_per_message=max_events_per_message,
-            activity_linger=activity_linger,
-        )
+    def __init__(self, client: aioredis.Redis, broker_url: str, **options: Any) -> None:
+        super().__init__(**options)
         self._redis = client
-        self._marker_ttl = marker_ttl
         self._connection = kombu.Connection(
-            broker_url, transport_options={"confirm_publish": True}, connect_timeout=timeout
+            broker_url, transport_options={"confirm_publish": True}, connect_timeout=self._timeout
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kombu-publish")
 

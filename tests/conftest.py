@@ -128,10 +128,15 @@ def worker(
     _stop(started.process)
 
 
-@pytest.fixture(scope="session")
-def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@dataclass
+class ApiProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+
+
+def start_api(env: dict[str, str], log: Path) -> ApiProcess:
+    """A real `uvicorn ingest_api.app:create_app` on a free port, once /healthz answers."""
     port = _free_port()
-    log = (tmp_path_factory.mktemp("api") / "api.log").open("wb")
     process = subprocess.Popen(
         [
             str(BIN / "uvicorn"),
@@ -143,9 +148,9 @@ def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
             str(port),
             "--no-access-log",
         ],
-        env=service_env,
+        env=env,
         cwd=REPO,
-        stdout=log,
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -153,14 +158,19 @@ def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     while True:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+                return ApiProcess(process, url)
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the API did not start")
-        time.sleep(0.1)
-    yield url
-    _stop(process)
+            raise RuntimeError(f"the API did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    api = start_api(service_env, tmp_path_factory.mktemp("api") / "api.log")
+    yield api.url
+    _stop(api.process)
 
 
 @pytest.fixture(scope="session")

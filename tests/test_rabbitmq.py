@@ -3,11 +3,8 @@
 import asyncio
 import os
 import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import kombu
@@ -18,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.outcomes import OUTCOME_STREAM
 from shared.queue import publish_wires
 from shared.settings import Settings
-from tests.conftest import BIN, REPO, Tenant, _free_port, _stop, start_worker
+from tests.conftest import Tenant, _stop, start_api, start_worker
 from tests.helpers import envelope, totals, wait_outcomes
 
 RABBITMQ_URL = os.environ.get("LEADSTREAM_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -48,26 +45,9 @@ def rabbit_stack(
     """A worker and an API whose broker is RabbitMQ (outcomes still go through Redis)."""
     logs = tmp_path_factory.mktemp("rabbit")
     worker = start_worker(rabbit_env, logs / "worker.log")
-    port = _free_port()
-    api = subprocess.Popen(
-        [str(BIN / "uvicorn"), "ingest_api.app:create_app", "--factory", "--port", str(port)],
-        env=rabbit_env,
-        cwd=REPO,
-        stdout=(logs / "api.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            if api.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(Path(logs / "api.log").read_text()) from None
-            time.sleep(0.1)
-    yield url
-    _stop(api)
+    api = start_api(rabbit_env, logs / "api.log")
+    yield api.url
+    _stop(api.process)
     _stop(worker.process)
 
 

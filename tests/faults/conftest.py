@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
-from tests.conftest import BIN, REPO, WorkerProcess, _free_port, start_worker
+from tests.conftest import BIN, WorkerProcess, _free_port, start_api, start_worker
 
 # The shared checks live in a plain module: let pytest explain their failed assertions too.
 pytest.register_assert_rewrite("tests.faults.support")
@@ -174,35 +173,9 @@ class Fleet:
 
     def api(self, env: dict[str, str]) -> str:
         """`uvicorn ingest_api.app:create_app --factory` on a free port; returns its URL."""
-        port = _free_port()
-        process = subprocess.Popen(
-            [
-                str(BIN / "uvicorn"),
-                "ingest_api.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=(self.directory / f"api-{port}.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        self.processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.05)
+        api = start_api(env, self.directory / f"api-{uuid.uuid4().hex[:6]}.log")
+        self.processes.append(api.process)
+        return api.url
 
     def stop_all(self) -> None:
         for process in self.processes:
