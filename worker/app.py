@@ -51,7 +51,9 @@ app.conf.update(
     # message comes back after the visibility timeout instead of being lost.
     task_time_limit=settings.task_time_limit_seconds,
     task_acks_on_failure_or_timeout=False,
-    worker_send_task_events=True,  # Flower
+    # Task events cost about half the consumer's CPU (bench/): off unless a running Flower
+    # turns them on (it sends `enable_events` to the workers periodically).
+    worker_send_task_events=False,
     worker_hijack_root_logger=False,
 )
 if settings.broker_is_redis:
