@@ -146,7 +146,9 @@ async def test_kill_9_of_pool_processes_mid_batch_loses_and_doubles_nothing(
     log = worker.log.read_text(errors="replace")
     lost = log.count("exited with 'signal 9 (SIGKILL)'")
     redelivered = sum(1 for n in deliveries(worker).values() if n > 1)
-    assert lost >= len(midway) + extra, "the main process saw every pool process die"
+    # The batches stopped midway were surely running; a burst kill can race a batch's end and
+    # hit a process between tasks, which Celery does not report, so only those are counted.
+    assert lost >= len(midway), "the main process saw the killed batches' processes die"
     assert redelivered >= len(midway), "the killed batches were requeued and ran again"
     # Requeued by the main process (reject + requeue, to the back of the queue), not restored
     # by the visibility timeout, which this worker checks only every ~100 s.
