@@ -19,7 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from shared.auth import ALL_SCOPES, mint_token
 from shared.cli import migrate_database
@@ -50,7 +52,21 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     redis.Redis.from_url(found.redis_url).flushdb()
     migrate_database(found.database_url)
     yield found
+    if found.database_origin != "env":  # ours: leave the server as we found it
+        asyncio.run(_drop_database(found.database_url))
     found.close()
+
+
+async def _drop_database(url: str) -> None:
+    target = make_url(url)
+    engine = create_async_engine(
+        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(scope="session")
