@@ -15,8 +15,9 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ingest_api.auth import TokenVerifier
-from ingest_api.limits import BodyLimits
+from ingest_api.intake import Intake, openapi_operation
 from ingest_api.problems import install_problem_handlers
+from ingest_api.responses import EVENTS_PATH
 from ingest_api.routes import events, health
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
@@ -27,8 +28,6 @@ from shared.schemas import Problem
 from shared.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
-
-EVENT_BODY_LIMIT = 32 * 1024
 
 
 async def check_redis_eviction(client: aioredis.Redis, settings: Settings) -> None:
@@ -72,8 +71,8 @@ def _redis(settings: Settings, *, timeout: float | None) -> aioredis.Redis:
     )
 
 
-def _document_problems(app: FastAPI) -> None:
-    """Register the Problem schema that every error response refers to."""
+def _document(app: FastAPI) -> None:
+    """Add what FastAPI cannot see: the create route, and the Problem schema errors refer to."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -83,6 +82,8 @@ def _document_problems(app: FastAPI) -> None:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(problem.pop("$defs", {}))
             schemas["Problem"] = problem
+            post = openapi_operation(schemas, events.PROBLEMS)
+            schema["paths"].setdefault(EVENTS_PATH, {})["post"] = post
             schema["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             }
@@ -92,7 +93,7 @@ def _document_problems(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Intake:
     settings = settings or get_settings()
     configure_logging(settings)
 
@@ -108,13 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "marker_ttl": settings.queued_marker_ttl_seconds,
             "max_events_per_message": settings.enqueue_max_events_per_message,
             "activity_linger": settings.enqueue_activity_linger_ms / 1000,
+            "activity_flush_events": settings.enqueue_activity_flush_events,
         }
         enqueuer: Enqueuer = (
             RedisEnqueuer(client, **options)
             if settings.broker_is_redis
             else KombuEnqueuer(client, settings.celery_broker_url, **options)
         )
-        app.state.ingest = IngestState(
+        app.state.ingest = intake.state = IngestState(
             settings=settings,
             redis=client,
             enqueuer=enqueuer,
@@ -139,12 +141,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
     )
+    verifier = TokenVerifier(settings)
     app.state.settings = settings
-    app.state.token_verifier = TokenVerifier(settings)
+    app.state.token_verifier = verifier
     app.state.migration_head = migration_head()
     install_problem_handlers(app)
-    _document_problems(app)
+    _document(app)
     app.include_router(events.router)
     app.include_router(health.router)
-    app.add_middleware(BodyLimits, limits={events.router.prefix: EVENT_BODY_LIMIT})
-    return app
+    intake = Intake(app, verifier)
+    return intake

@@ -13,15 +13,17 @@ from shared.settings import Settings
 
 def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
     async def dependency(request: Request) -> Principal:
-        return authorize(request, scope)
+        return authorize(
+            request.headers.get("authorization"), request.app.state.token_verifier, scope
+        )
 
     return dependency
 
 
-def authorize(request: Request, scope: str) -> Principal:
-    """The request's principal; ProblemError 401 without a good token, 403 without the scope."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def authorize(header: str | None, verifier: "TokenVerifier", scope: str) -> Principal:
+    """The Authorization header's principal; ProblemError 401 without a good token, 403 without
+    the scope."""
+    scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ProblemError(
             401,
@@ -30,7 +32,6 @@ def authorize(request: Request, scope: str) -> Principal:
             kind="unauthorized",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    verifier: TokenVerifier = request.app.state.token_verifier
     try:
         principal = verifier.verify(token.strip())
     except InvalidTokenError as exc:

@@ -1,5 +1,6 @@
 """RFC 9457 problem details for every error the API returns."""
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -54,49 +55,47 @@ def problem_response(
     return Response(orjson.dumps(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    errors = []
-    for error in exc.errors():
-        entry: dict[str, Any] = {
-            "loc": list(error["loc"]),
-            "msg": error["msg"],
-            "type": error["type"],
-        }
-        errors.append(entry)
-    return errors
+def validation_problem(
+    errors: Sequence[Mapping[str, Any]], *, prefix: tuple[str, ...] = ()
+) -> ProblemError:
+    """400 for a body that is not JSON, else 422 naming every wrong field in errors[].loc."""
+    listed = [
+        {"loc": [*prefix, *error["loc"]], "msg": error["msg"], "type": error["type"]}
+        for error in errors
+    ]
+    if any(e["type"] == "json_invalid" for e in listed):
+        return ProblemError(
+            400,
+            "Malformed JSON",
+            "the body is not valid JSON",
+            kind="malformed-json",
+            errors=listed,
+        )
+    return ProblemError(
+        422,
+        "Invalid event",
+        f"{len(listed)} field(s) are invalid; see errors[].loc",
+        kind="validation",
+        errors=listed,
+    )
+
+
+def problem_error_response(exc: ProblemError) -> Response:
+    return problem_response(
+        exc.status, exc.title, exc.detail, kind=exc.kind, errors=exc.errors, headers=exc.headers
+    )
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> Response:
-        return problem_response(
-            exc.status,
-            exc.title,
-            exc.detail,
-            kind=exc.kind,
-            errors=exc.errors,
-            headers=exc.headers,
-        )
+        return problem_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-        errors = _validation_errors(exc)
-        if any(e["type"] == "json_invalid" for e in errors):
-            return problem_response(
-                400,
-                "Malformed JSON",
-                "the body is not valid JSON",
-                kind="malformed-json",
-                errors=errors,
-            )
-        return problem_response(
-            422,
-            "Invalid event",
-            f"{len(errors)} field(s) are invalid; see errors[].loc",
-            kind="validation",
-            errors=errors,
-        )
+        return problem_error_response(validation_problem(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(exc.status_code, str(exc.detail), headers=headers)

@@ -136,6 +136,7 @@ class _Lane:
     queue: str
     pending: list[tuple[Envelope, asyncio.Future[None], float]] = field(default_factory=list)
     flushing: bool = False
+    full: asyncio.Event = field(default_factory=asyncio.Event)  # ends a linger early
 
 
 class Enqueuer:
@@ -153,14 +154,17 @@ class Enqueuer:
         marker_ttl: int,
         max_events_per_message: int,
         activity_linger: float = 0.0,
+        activity_flush_events: int = 1,
     ) -> None:
         self._timeout = timeout
         self._marker_ttl = marker_ttl
         self._max_events = max_events_per_message
-        # Page views wait this long for company in their message: a worker pays ~15 ms per
-        # message and ~1 ms per event, so one-event messages would cap it at a fraction of
-        # what it does with batches. Leads never wait.
+        # A page-view message waits up to `activity_linger` for company, until it holds
+        # `activity_flush_events` (Kafka's linger.ms and batch.size): a worker pays far more per
+        # message than per event, so one-event messages would cap it at a fraction of what it
+        # does with batches. Leads never wait.
         self._linger = {ACTIVITY_QUEUE: activity_linger}
+        self._flush_events = {ACTIVITY_QUEUE: activity_flush_events}
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -169,6 +173,8 @@ class Enqueuer:
         lane = self._lanes.setdefault(queue, _Lane(queue))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         lane.pending.append((envelope, done, time.time() + self._timeout))
+        if len(lane.pending) >= self._flush_events.get(queue, 1):
+            lane.full.set()
         if not lane.flushing:
             lane.flushing = True
             task = asyncio.create_task(self._drain(lane))
@@ -192,11 +198,15 @@ class Enqueuer:
             await asyncio.wait(self._tasks, timeout=self._timeout)
 
     async def _drain(self, lane: _Lane) -> None:
-        # Whatever arrived during one write goes out together in the next one.
+        # Whatever arrived during one write (or linger) goes out together in the next one.
+        linger = self._linger.get(lane.queue, 0.0)
         try:
-            if linger := self._linger.get(lane.queue, 0.0):
-                await asyncio.sleep(linger)
             while lane.pending:
+                if linger and len(lane.pending) < self._flush_events.get(lane.queue, 1):
+                    lane.full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(linger):
+                            await lane.full.wait()
                 batch, lane.pending = lane.pending, []
                 deadline = min(d for _, _, d in batch)
                 try:
@@ -312,7 +322,7 @@ class KombuEnqueuer(Enqueuer):
         except (TimeoutError, RedisError, OSError) as exc:
             raise QueueUnavailableError(f"redis is unavailable: {exc!r}") from None
         if first is not None:
-            return UUID(first.decode())
+            return UUID(first.decode() if isinstance(first, bytes) else first)
         try:
             await self.enqueue(envelope, queue=queue)
         except QueueUnavailableError:

@@ -30,8 +30,10 @@ class Settings(BaseSettings):
     # How long the API waits for Redis before answering 503: it must never hang.
     enqueue_timeout_seconds: float = Field(0.5, gt=0)
     enqueue_max_events_per_message: int = Field(200, ge=1, le=1000)
-    # How long a page view waits for others to share its queue message (leads never wait).
+    # How long a page view waits for others to share its queue message (leads never wait),
+    # unless the message already holds `enqueue_activity_flush_events` events.
     enqueue_activity_linger_ms: float = Field(20.0, ge=0, le=200)
+    enqueue_activity_flush_events: int = Field(32, ge=1, le=1000)
     queued_marker_ttl_seconds: int = 7 * 24 * 3600
     outcome_ttl_seconds: int = 3600
     idempotency_ttl_seconds: int = 24 * 3600

@@ -1,13 +1,26 @@
-"""Our hand-written Celery messages must be what Celery itself would put on the queue."""
+"""Our hand-written Celery messages must be what Celery itself would put on the queue, and
+the API must group page views into them as configured."""
 
+import asyncio
 import base64
 import json
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from celery import Celery
 
-from shared.queue import PROCESS_EVENTS_TASK, celery_task_message, queue_for
+from shared.queue import (
+    ACTIVITY_QUEUE,
+    LEADS_QUEUE,
+    PROCESS_EVENTS_TASK,
+    Envelope,
+    RedisEnqueuer,
+    celery_task_message,
+    queue_for,
+)
 from shared.settings import Settings
 
 
@@ -47,3 +60,39 @@ def test_message_has_celerys_shape(celery_message: dict) -> None:
 def test_leads_and_activity_routing() -> None:
     assert queue_for("form_submission") == queue_for("inquiry") == "leads"
     assert queue_for("page_view") == queue_for("my_custom_type") == "activity"
+
+
+async def test_page_views_share_a_message_until_it_is_full(settings: Settings) -> None:
+    """A full message goes out at once, however long the linger; a lone one after the linger."""
+    # A database no worker consumes from, so the messages stay for the test to read.
+    url = settings.redis_url.rsplit("/", 1)[0] + "/9"
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    tenant = uuid.uuid4()
+
+    def envelope() -> Envelope:
+        return Envelope(
+            id=uuid.uuid4(),
+            tenant_id=tenant,
+            received_at=datetime.now(UTC),
+            payload={"type": "page_view", "visitorId": "v"},
+        )
+
+    def events_per_message(raw: list[bytes]) -> list[int]:
+        return [len(json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]) for m in raw]
+
+    options = {"timeout": 0.5, "marker_ttl": 60, "max_events_per_message": 200}
+    try:
+        # Had the 60 s linger not been cut short by the third event, all would answer 503.
+        full = RedisEnqueuer(client, activity_linger=60, activity_flush_events=3, **options)
+        await asyncio.gather(*(full.enqueue(envelope(), queue=ACTIVITY_QUEUE) for _ in range(3)))
+        assert events_per_message(await client.lrange(ACTIVITY_QUEUE, 0, -1)) == [3]
+
+        lone = RedisEnqueuer(client, activity_linger=0.05, activity_flush_events=3, **options)
+        await lone.enqueue(envelope(), queue=ACTIVITY_QUEUE)
+        await lone.enqueue(envelope(), queue=LEADS_QUEUE)
+        assert events_per_message(await client.lrange(ACTIVITY_QUEUE, 0, -1)) == [1, 3]
+        assert events_per_message(await client.lrange(LEADS_QUEUE, 0, -1)) == [1]
+    finally:
+        await client.flushdb()
+        await client.aclose()

@@ -67,7 +67,7 @@ async def test_invalid_events_name_every_wrong_field_and_queue_nothing(
     assert await accepted_count(client) == before
 
 
-async def test_malformed_json_wrong_type_and_oversize_bodies(client: httpx.AsyncClient) -> None:
+async def test_malformed_json_wrong_type_oversize_bodies_and_methods(client: httpx.AsyncClient) -> None:
     before = await accepted_count(client)
     headers = {"Content-Type": "application/json"}
     malformed = await client.post(EVENTS, content=b'{"type": "page_view",', headers=headers)
@@ -90,6 +90,10 @@ async def test_malformed_json_wrong_type_and_oversize_bodies(client: httpx.Async
 
     streamed = await client.post(EVENTS, content=chunks(), headers=headers)
     assert streamed.status_code == 413
+
+    listing = await client.get(EVENTS)
+    assert (listing.status_code, listing.headers["allow"]) == (405, "POST")
+    assert listing.headers["content-type"] == "application/problem+json"
     assert await accepted_count(client) == before
 
 
