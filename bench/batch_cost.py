@@ -1,8 +1,9 @@
 """What one queue message costs the worker, without Celery or competing processes.
 
 `.venv/bin/python -m bench.batch_cost` runs `commit_batch` + `publish_outcomes` in-process on
-batches of 1, 2, 25 and 200 page views and prints the median wall time, the SQL statements and
-the socket writes to PostgreSQL (about one per round trip) per batch. Compare its fixed cost
+batches of 1, 2, 25 and 200 page views and prints the median wall time, this process's CPU time
+(wall time also counts PostgreSQL and Redis, which run on the same cores), the SQL statements
+and the socket writes to PostgreSQL (about one per round trip) per batch. Compare its fixed cost
 with the bench's per-message fit to see how much the rest (Celery, CPU contention) adds.
 """
 
@@ -74,24 +75,28 @@ async def measure(settings: Settings, sizes: list[int], repeats: int) -> list[st
         async with engine.begin() as conn:
             tenant_id = await ensure_tenant(conn, name="batch-cost", default_region="US")
         for size in sizes:
-            commit_ms, publish_ms, stmts, sends = [], [], [], []
+            commit_ms, publish_ms, cpu_ms, stmts, sends = [], [], [], [], []
             for rep in range(repeats + 2):  # the first two warm caches and prepared statements
                 envelopes = [_envelope(tenant_id, f"v-{size}-{rep}-{i}") for i in range(size)]
                 statements, _sends[0] = 0, 0
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 result = await commit_batch(engine, envelopes)
                 committed = time.perf_counter()
                 publish_outcomes(client, envelopes, result.outcomes, settings)
-                published = time.perf_counter()
+                published, cpu_done = time.perf_counter(), time.process_time()
+                if result.failed_events:
+                    raise RuntimeError(f"{result.failed_events} events failed: see the log")
                 if rep >= 2:
                     commit_ms.append(1000 * (committed - started))
                     publish_ms.append(1000 * (published - committed))
+                    cpu_ms.append(1000 * (cpu_done - cpu_started))
                     stmts.append(statements)
                     sends.append(_sends[0])
             lines.append(
                 f"batch of {size:4d}: commit_batch {statistics.median(commit_ms):6.1f} ms, "
                 f"publish_outcomes {statistics.median(publish_ms):5.1f} ms (medians of "
-                f"{repeats}); {statistics.median(stmts):.0f} SQL statements, "
+                f"{repeats}), worker CPU {statistics.median(cpu_ms):5.1f} ms; "
+                f"{statistics.median(stmts):.0f} SQL statements, "
                 f"{statistics.median(sends):.0f} socket writes to PostgreSQL"
             )
     finally:

@@ -36,7 +36,14 @@ class StoredOutcome(BaseModel):
     body: dict[str, Any] | None = None
 
     def dumps(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        # What model_dump(mode="json", by_alias=True, exclude_none=True) gives (exclude_none
+        # does not reach into the body), built by hand: the worker dumps one per event.
+        data: dict[str, Any] = {"tenantId": str(self.tenant_id), "status": self.status}
+        if self.http_status is not None:
+            data["httpStatus"] = self.http_status
+        if self.body is not None:
+            data["body"] = self.body
+        return orjson.dumps(data)
 
     @classmethod
     def loads(cls, raw: bytes | str) -> "StoredOutcome":

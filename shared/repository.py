@@ -4,25 +4,15 @@ The worker builds every outcome it publishes with `load_outcomes` inside its tra
 the API uses it once an outcome has left Redis, so both always give the same answer.
 """
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.models import Company, DeadLetter, Event, Person, PersonEmail, PersonPhone
 from shared.outcomes import StoredOutcome
 
-events_t = Event.__table__
-people_t = Person.__table__
-emails_t = PersonEmail.__table__
-phones_t = PersonPhone.__table__
-companies_t = Company.__table__
-dead_letters_t = DeadLetter.__table__
-
-# Event columns echoed back under their wire names when they are set.
+# Event columns echoed back under their wire names when they are set, in body order.
 _EVENT_FIELDS = {
     "visitor_id": "visitorId",
     "source": "source",
@@ -37,101 +27,120 @@ _EVENT_FIELDS = {
     "ip_address": "ipAddress",
     "user_agent": "userAgent",
 }
+_EVENT_WIRE_NAMES = tuple(_EVENT_FIELDS.values())
+_JSONB_FIELDS = {"property", "property_search", "metadata"}
 
 
-def event_body(row: Row[Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": str(row.id)}
-    if row.person_id is not None:
-        body["personId"] = str(row.person_id)
-    if row.company_id is not None:
-        body["companyId"] = str(row.company_id)
-    body["eventType"] = row.event_type
-    body["occurredAt"] = row.occurred_at.isoformat()
-    body["createdAt"] = row.created_at.isoformat()
-    for column, name in _EVENT_FIELDS.items():
-        value = row._mapping[column]
+def _contacts_of(table: str) -> str:
+    # Primary first, then oldest: the order a person's contact points are shown in.
+    order = "x.is_primary DESC, x.created_at, x.value"
+    points = f"array_agg(ROW(x.value, x.type, x.is_primary) ORDER BY {order})"
+    return f"(SELECT {points} FROM {table} x WHERE x.person_id = p.id)"  # noqa: S608 (a constant table name)
+
+
+def _event_column(column: str) -> str:
+    # The worker stores an absent JSONB value as JSON null (SQLAlchemy's default): read it as
+    # SQL NULL, which spares decoding it (the body leaves both out).
+    return f"NULLIF(e.{column}, 'null')" if column in _JSONB_FIELDS else f"e.{column}"
+
+
+# Every event with its person (and contact points) and company in one round trip, read by
+# position: the builders below unpack the columns in this order.
+_OUTCOMES = f"""
+SELECT e.id, e.tenant_id, e.person_id, e.company_id, e.event_type, e.occurred_at, e.created_at,
+       e.was_person_created, e.was_company_created, NULLIF(e.match_conflict, 'null'),
+       {", ".join(_event_column(column) for column in _EVENT_FIELDS)},
+       p.id, p.first_name, p.last_name, p.tags, p.source, p.stage, p.company_id, p.created_at,
+       p.updated_at, {_contacts_of("person_emails")}, {_contacts_of("person_phones")},
+       c.id, c.name, c.website, c.industry, c.company_size, c.description, c.created_at,
+       c.updated_at
+FROM events e
+LEFT JOIN people p ON p.id = e.person_id
+LEFT JOIN companies c ON c.id = e.company_id
+WHERE e.id = ANY($1::uuid[]) AND ($2::uuid IS NULL OR e.tenant_id = $2::uuid)
+"""  # noqa: S608 (names from this module; values are parameters)
+_EVENT_END = 10 + len(_EVENT_FIELDS)
+_PERSON_END = _EVENT_END + 11
+
+_DEAD_LETTERS = """
+SELECT event_id, tenant_id, problem FROM dead_letters
+WHERE event_id = ANY($1::uuid[]) AND ($2::uuid IS NULL OR tenant_id = $2::uuid)
+"""
+
+
+def _event_body(row: Sequence[Any]) -> dict[str, Any]:
+    event_id, _, person_id, company_id, event_type, occurred_at, created_at = row[:7]
+    body: dict[str, Any] = {"id": str(event_id)}
+    if person_id is not None:
+        body["personId"] = str(person_id)
+    if company_id is not None:
+        body["companyId"] = str(company_id)
+    body["eventType"] = event_type
+    body["occurredAt"] = occurred_at.isoformat()
+    body["createdAt"] = created_at.isoformat()
+    for name, value in zip(_EVENT_WIRE_NAMES, row[10:_EVENT_END], strict=True):
         if value is not None:
             body[name] = value
     return body
 
 
-def _contact(row: Row[Any]) -> dict[str, Any]:
-    point: dict[str, Any] = {"value": row.value, "isPrimary": row.is_primary}
-    if row.type is not None:
-        point["type"] = row.type
-    return point
+def _contact_points(points: Sequence[Sequence[Any]] | None) -> list[dict[str, Any]]:
+    result = []
+    for value, kind, is_primary in points or ():
+        point: dict[str, Any] = {"value": value, "isPrimary": is_primary}
+        if kind is not None:
+            point["type"] = kind
+        result.append(point)
+    return result
 
 
-def person_body(
-    row: Row[Any], emails: Sequence[Row[Any]], phones: Sequence[Row[Any]]
-) -> dict[str, Any]:
-    name = " ".join(part for part in (row.first_name, row.last_name) if part) or None
-    body: dict[str, Any] = {"id": str(row.id)}
-    for key, value in (("firstName", row.first_name), ("lastName", row.last_name), ("name", name)):
+def _person_body(row: Sequence[Any]) -> dict[str, Any]:
+    (
+        person_id,
+        first_name,
+        last_name,
+        tags,
+        source,
+        stage,
+        company_id,
+        created_at,
+        updated_at,
+        emails,
+        phones,
+    ) = row
+    name = " ".join(part for part in (first_name, last_name) if part) or None
+    body: dict[str, Any] = {"id": str(person_id)}
+    for key, value in (("firstName", first_name), ("lastName", last_name), ("name", name)):
         if value is not None:
             body[key] = value
-    body["emails"] = [_contact(e) for e in emails]
-    body["phones"] = [_contact(p) for p in phones]
-    if row.tags:
-        body["tags"] = list(row.tags)
-    for key, value in (("source", row.source), ("stage", row.stage)):
+    body["emails"] = _contact_points(emails)
+    body["phones"] = _contact_points(phones)
+    if tags:
+        body["tags"] = list(tags)
+    for key, value in (("source", source), ("stage", stage)):
         if value is not None:
             body[key] = value
-    if row.company_id is not None:
-        body["companyId"] = str(row.company_id)
-    body["createdAt"] = row.created_at.isoformat()
-    body["updatedAt"] = row.updated_at.isoformat()
+    if company_id is not None:
+        body["companyId"] = str(company_id)
+    body["createdAt"] = created_at.isoformat()
+    body["updatedAt"] = updated_at.isoformat()
     return body
 
 
-def company_body(row: Row[Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": str(row.id), "name": row.name}
+def _company_body(row: Sequence[Any]) -> dict[str, Any]:
+    company_id, name, website, industry, company_size, description, created_at, updated_at = row
+    body: dict[str, Any] = {"id": str(company_id), "name": name}
     for key, value in (
-        ("website", row.website),
-        ("industry", row.industry),
-        ("companySize", row.company_size),
-        ("description", row.description),
+        ("website", website),
+        ("industry", industry),
+        ("companySize", company_size),
+        ("description", description),
     ):
         if value is not None:
             body[key] = value
-    body["created"] = row.created_at.isoformat()
-    body["updated"] = row.updated_at.isoformat()
+    body["created"] = created_at.isoformat()
+    body["updated"] = updated_at.isoformat()
     return body
-
-
-async def load_people(
-    conn: AsyncConnection, person_ids: Iterable[UUID]
-) -> dict[UUID, dict[str, Any]]:
-    """Person bodies with their e-mails and phones (primary first, then oldest)."""
-    ids = list(set(person_ids))
-    if not ids:
-        return {}
-    people = (await conn.execute(select(people_t).where(people_t.c.id.in_(ids)))).all()
-    both = union_all(
-        *(
-            select(
-                literal(kind).label("kind"),
-                table.c.person_id,
-                table.c.value,
-                table.c.type,
-                table.c.is_primary,
-                table.c.created_at,
-            ).where(table.c.person_id.in_(ids))
-            for kind, table in (("emails", emails_t), ("phones", phones_t))
-        )
-    ).subquery()
-    rows = await conn.execute(
-        select(both).order_by(both.c.is_primary.desc(), both.c.created_at, both.c.value)
-    )
-    contacts: dict[str, dict[UUID, list[Row[Any]]]] = {
-        "emails": defaultdict(list),
-        "phones": defaultdict(list),
-    }
-    for row in rows:
-        contacts[row.kind][row.person_id].append(row)
-    return {
-        p.id: person_body(p, contacts["emails"][p.id], contacts["phones"][p.id]) for p in people
-    }
 
 
 async def load_outcomes(
@@ -141,52 +150,47 @@ async def load_outcomes(
     ids = list(set(event_ids))
     if not ids:
         return {}
-    query = select(events_t).where(events_t.c.id.in_(ids))
-    dead_query = select(dead_letters_t).where(dead_letters_t.c.event_id.in_(ids))
-    if tenant_id is not None:
-        query = query.where(events_t.c.tenant_id == tenant_id)
-        dead_query = dead_query.where(dead_letters_t.c.tenant_id == tenant_id)
-    events = (await conn.execute(query)).all()
-    people = await load_people(conn, (e.person_id for e in events if e.person_id))
-    company_ids = [e.company_id for e in events if e.company_id]
-    companies = (
-        {
-            c.id: company_body(c)
-            for c in (
-                await conn.execute(select(companies_t).where(companies_t.c.id.in_(company_ids)))
-            ).all()
-        }
-        if company_ids
-        else {}
-    )
-
+    # Arrays, not IN lists: one statement text whatever the batch size, prepared once.
+    rows: Sequence[Sequence[Any]] = (await conn.exec_driver_sql(_OUTCOMES, (ids, tenant_id))).all()
+    people: dict[UUID, dict[str, Any]] = {}
+    companies: dict[UUID, dict[str, Any]] = {}
     outcomes: dict[UUID, StoredOutcome] = {}
-    for e in events:
-        body: dict[str, Any] = {"event": event_body(e)}
-        if e.person_id in people:
-            body["person"] = people[e.person_id]
-        body["wasPersonCreated"] = e.was_person_created
-        if e.was_company_created is not None:
-            if e.company_id in companies:
-                body["company"] = companies[e.company_id]
-            body["wasCompanyCreated"] = e.was_company_created
-        if e.match_conflict:
-            body["matchConflict"] = {"otherPersonIds": e.match_conflict}
-        created = e.was_person_created or bool(e.was_company_created)
-        outcomes[e.id] = StoredOutcome(
-            tenant_id=e.tenant_id,
+    for row in rows:
+        event_id, event_tenant, person_id, company_id = row[:4]
+        was_person_created, was_company_created, match_conflict = row[7:10]
+        body: dict[str, Any] = {"event": _event_body(row)}
+        # A person or company deleted meanwhile leaves the id set and the join empty.
+        if person_id is not None and row[_EVENT_END] is not None:
+            if person_id not in people:
+                people[person_id] = _person_body(row[_EVENT_END:_PERSON_END])
+            body["person"] = people[person_id]
+        body["wasPersonCreated"] = was_person_created
+        if was_company_created is not None:
+            if company_id is not None and row[_PERSON_END] is not None:
+                if company_id not in companies:
+                    companies[company_id] = _company_body(row[_PERSON_END:])
+                body["company"] = companies[company_id]
+            body["wasCompanyCreated"] = was_company_created
+        if match_conflict:
+            body["matchConflict"] = {"otherPersonIds": match_conflict}
+        created = was_person_created or bool(was_company_created)
+        outcomes[event_id] = StoredOutcome(
+            tenant_id=event_tenant,
             status="processed",
             http_status=201 if created else 200,
             body=body,
         )
-    for d in (await conn.execute(dead_query)).all():
-        outcomes.setdefault(
-            d.event_id,
-            StoredOutcome(
-                tenant_id=d.tenant_id,
+    # A stored event wins over a dead letter of the same id: ask only for the others.
+    missing = [i for i in ids if i not in outcomes]
+    if missing:
+        dead: Sequence[Sequence[Any]] = (
+            await conn.exec_driver_sql(_DEAD_LETTERS, (missing, tenant_id))
+        ).all()
+        for event_id, dead_tenant, problem in dead:
+            outcomes[event_id] = StoredOutcome(
+                tenant_id=dead_tenant,
                 status="failed",
-                http_status=d.problem.get("status", 500),
-                body=d.problem,
-            ),
-        )
+                http_status=problem.get("status", 500),
+                body=problem,
+            )
     return outcomes

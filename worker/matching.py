@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
+import orjson
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import bindparam, exists, insert, or_, select, text, tuple_, union_all, update
+from sqlalchemy import CursorResult, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,13 +35,8 @@ from shared.locks import event_lock_name, lock_all
 from shared.models import (
     Company,
     DeadLetter,
-    Event,
-    IdempotencyKey,
     Person,
-    PersonEmail,
-    PersonPhone,
     Tenant,
-    Visitor,
 )
 from shared.outcomes import StoredOutcome
 from shared.queue import Envelope
@@ -49,12 +46,7 @@ from shared.schemas import TRUSTED, EmailIn, EventIn, PhoneIn
 log = structlog.get_logger(__name__)
 
 people_t = Person.__table__
-emails_t = PersonEmail.__table__
-phones_t = PersonPhone.__table__
 companies_t = Company.__table__
-events_t = Event.__table__
-visitors_t = Visitor.__table__
-idem_t = IdempotencyKey.__table__
 dead_t = DeadLetter.__table__
 tenants_t = Tenant.__table__
 
@@ -216,6 +208,57 @@ async def tenant_regions(conn: AsyncConnection, tenant_ids: Iterable[UUID]) -> d
     return {t: _regions[t][0] for t in wanted if t in _regions}
 
 
+# Reads that lock nothing, in one round trip: decided events ("d"), then the owners of
+# idempotency keys ("k"), e-mails ("e"), phones ("p") and visitors ("v"), each given as
+# (tenant ids, values) arrays. Arrays keep one statement text, so it is prepared once.
+_LOOKUP = """
+SELECT 'd', NULL::uuid, NULL::text, id FROM events WHERE id = ANY($1::uuid[])
+UNION ALL
+SELECT 'd', NULL, NULL, event_id FROM dead_letters
+WHERE event_id = ANY($1::uuid[]) AND replayed_at IS NULL
+UNION ALL
+SELECT 'k', tenant_id, key, event_id FROM idempotency_keys
+WHERE (tenant_id, key) IN (SELECT * FROM unnest($2::uuid[], $3::text[]))
+UNION ALL
+SELECT 'e', tenant_id, value, person_id FROM person_emails
+WHERE (tenant_id, value) IN (SELECT * FROM unnest($4::uuid[], $5::text[]))
+UNION ALL
+SELECT 'p', tenant_id, value, person_id FROM person_phones
+WHERE (tenant_id, value) IN (SELECT * FROM unnest($6::uuid[], $7::text[]))
+UNION ALL
+SELECT 'v', tenant_id, visitor_id, person_id FROM visitors
+WHERE (tenant_id, visitor_id) IN (SELECT * FROM unnest($8::uuid[], $9::text[]))
+"""
+
+# Columns in PersonState's field order.
+_LOCK_PEOPLE = """
+SELECT p.id, p.tenant_id, p.created_at, p.first_name, p.last_name, COALESCE(p.tags, '{}'),
+       p.source, p.stage, p.company_id,
+       EXISTS (SELECT FROM person_emails x WHERE x.person_id = p.id AND x.is_primary),
+       EXISTS (SELECT FROM person_phones x WHERE x.person_id = p.id AND x.is_primary)
+FROM people p
+WHERE (p.tenant_id, p.id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+ORDER BY p.id
+FOR NO KEY UPDATE OF p
+"""
+
+# Columns in CompanyState's field order. A UNION of two index lookups: an OR of two
+# semi-joins would scan the table.
+_LOCK_COMPANIES = """
+SELECT id, tenant_id, name, name_key, website, industry, company_size, description
+FROM companies
+WHERE id IN (
+    SELECT c.id FROM companies c
+    WHERE (c.tenant_id, c.id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+    UNION
+    SELECT c.id FROM companies c
+    WHERE (c.tenant_id, c.name_key) IN (SELECT * FROM unnest($3::uuid[], $4::text[]))
+)
+ORDER BY id
+FOR NO KEY UPDATE
+"""
+
+
 class Batch:
     """The in-memory plan of one batch: what was found, then what to write."""
 
@@ -234,30 +277,42 @@ class Batch:
         self.idem_rows: list[dict[str, Any]] = []
         self.dead_rows: list[dict[str, Any]] = []
 
-    async def load(self) -> None:
-        """Read every row the batch can touch, locking the existing ones in id order."""
+    async def load(self, event_ids: list[UUID]) -> tuple[set[UUID], dict[tuple[UUID, str], UUID]]:
+        """Read every row the batch can touch, locking the existing ones in id order.
+
+        Returns the events already decided (stored, or dead-lettered and not replayed) and
+        the first event of each idempotency key.
+        """
         conn, items = self.conn, self.items
-        emails = _pairs((i.tenant_id, c.value) for i in items for c in i.emails)
-        phones = _pairs((i.tenant_id, c.value) for i in items for c in i.phones)
-        visitors = _pairs((i.tenant_id, i.event.visitor_id) for i in items if i.event.visitor_id)
-        for pairs, table, target in (
-            (emails, emails_t, self.email_owner),
-            (phones, phones_t, self.phone_owner),
-        ):
-            if pairs:
-                rows = await conn.execute(
-                    select(table.c.tenant_id, table.c.value, table.c.person_id).where(
-                        tuple_(table.c.tenant_id, table.c.value).in_(pairs)
-                    )
-                )
-                target.update({(r.tenant_id, r.value): r.person_id for r in rows})
-        if visitors:
-            rows = await conn.execute(
-                select(visitors_t).where(
-                    tuple_(visitors_t.c.tenant_id, visitors_t.c.visitor_id).in_(visitors)
-                )
-            )
-            self.visitor_person.update({(r.tenant_id, r.visitor_id): r.person_id for r in rows})
+        lookups = (
+            _pairs(
+                (i.tenant_id, i.envelope.idempotency_key)
+                for i in items
+                if i.envelope.idempotency_key
+            ),
+            _pairs((i.tenant_id, c.value) for i in items for c in i.emails),
+            _pairs((i.tenant_id, c.value) for i in items for c in i.phones),
+            _pairs((i.tenant_id, i.event.visitor_id) for i in items if i.event.visitor_id),
+        )
+        params: list[list[Any]] = [event_ids]
+        for pairs in lookups:
+            params += ([t for t, _ in pairs], [v for _, v in pairs])
+        done_ids: set[UUID] = set()
+        first_by_key: dict[tuple[UUID, str], UUID] = {}
+        found = {
+            "k": first_by_key,
+            "e": self.email_owner,
+            "p": self.phone_owner,
+            "v": self.visitor_person,
+        }
+        found_rows: Sequence[Sequence[Any]] = (
+            await conn.exec_driver_sql(_LOOKUP, tuple(params))
+        ).all()
+        for kind, tenant_id, value, target in found_rows:
+            if kind == "d":
+                done_ids.add(target)
+            else:
+                found[kind][(tenant_id, value)] = target
 
         person_pairs = _pairs(
             [(i.tenant_id, i.event.person_id) for i in items if i.event.person_id]
@@ -266,32 +321,13 @@ class Batch:
             + [(t, p) for (t, _), p in self.visitor_person.items()]
         )
         if person_pairs:
-            has_primary = {
-                f"has_primary_{kind}": exists().where(
-                    table.c.person_id == people_t.c.id, table.c.is_primary
+            people: Sequence[Sequence[Any]] = (
+                await conn.exec_driver_sql(
+                    _LOCK_PEOPLE, ([t for t, _ in person_pairs], [p for _, p in person_pairs])
                 )
-                for kind, table in (("email", emails_t), ("phone", phones_t))
-            }
-            rows = await conn.execute(
-                select(people_t, *(e.label(name) for name, e in has_primary.items()))
-                .where(tuple_(people_t.c.tenant_id, people_t.c.id).in_(person_pairs))
-                .order_by(people_t.c.id)
-                .with_for_update(of=people_t, key_share=True)
-            )
-            for r in rows:
-                self.people[r.id] = PersonState(
-                    id=r.id,
-                    tenant_id=r.tenant_id,
-                    created_at=r.created_at,
-                    first_name=r.first_name,
-                    last_name=r.last_name,
-                    tags=list(r.tags or []),
-                    source=r.source,
-                    stage=r.stage,
-                    company_id=r.company_id,
-                    has_primary_email=r.has_primary_email,
-                    has_primary_phone=r.has_primary_phone,
-                )
+            ).all()
+            for r in people:
+                self.people[r[0]] = PersonState(*r)
 
         by_id = _pairs(
             (i.tenant_id, i.event.company.id)
@@ -300,31 +336,22 @@ class Batch:
         )
         by_key = _pairs((i.tenant_id, i.company_key) for i in items if i.company_key)
         if by_id or by_key:
-            conditions = []
-            if by_id:
-                conditions.append(tuple_(companies_t.c.tenant_id, companies_t.c.id).in_(by_id))
-            if by_key:
-                conditions.append(
-                    tuple_(companies_t.c.tenant_id, companies_t.c.name_key).in_(by_key)
+            companies: Sequence[Sequence[Any]] = (
+                await conn.exec_driver_sql(
+                    _LOCK_COMPANIES,
+                    (
+                        [t for t, _ in by_id],
+                        [c for _, c in by_id],
+                        [t for t, _ in by_key],
+                        [k for _, k in by_key],
+                    ),
                 )
-            rows = await conn.execute(
-                select(companies_t)
-                .where(or_(*conditions))
-                .order_by(companies_t.c.id)
-                .with_for_update(key_share=True)
-            )
-            for r in rows:
-                self.companies[r.id] = CompanyState(
-                    id=r.id,
-                    tenant_id=r.tenant_id,
-                    name=r.name,
-                    name_key=r.name_key,
-                    website=r.website,
-                    industry=r.industry,
-                    company_size=r.company_size,
-                    description=r.description,
-                )
-                self.company_by_key[(r.tenant_id, r.name_key)] = r.id
+            ).all()
+            for r in companies:
+                company = CompanyState(*r)
+                self.companies[company.id] = company
+                self.company_by_key[(company.tenant_id, company.name_key)] = company.id
+        return done_ids, first_by_key
 
     # Resolution ----------------------------------------------------------------------------
 
@@ -546,44 +573,32 @@ class Batch:
         conn = self.conn
         await _insert_and_update(conn, companies_t, self.companies.values(), self._company_row)
         await _insert_and_update(conn, people_t, self.people.values(), self._person_row)
-        for table, rows in ((emails_t, self.new_emails), (phones_t, self.new_phones)):
+        for statement, rows in (
+            (_INSERT_EMAILS, self.new_emails),
+            (_INSERT_PHONES, self.new_phones),
+        ):
             if rows:
-                await conn.execute(insert(table), rows)
+                await statement.run(conn, rows)
         if self.visitor_rows:
-            stmt = pg_insert(visitors_t)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[visitors_t.c.tenant_id, visitors_t.c.visitor_id],
-                    set_={
-                        "person_id": stmt.excluded.person_id,
-                        "updated_at": stmt.excluded.updated_at,
-                    },
-                ),
-                list(self.visitor_rows.values()),
-            )
+            await _UPSERT_VISITORS.run(conn, list(self.visitor_rows.values()))
         if self.event_rows:
-            inserted = (
-                await conn.execute(
-                    pg_insert(events_t).on_conflict_do_nothing().returning(events_t.c.id),
-                    self.event_rows,
-                )
-            ).all()
+            inserted = (await _INSERT_EVENTS.run(conn, self.event_rows)).all()
             if len(inserted) != len(self.event_rows):
                 # Only possible if locking was bypassed: abort, and the retry sees the winner.
                 raise DuplicateEventError(f"{len(self.event_rows) - len(inserted)} events existed")
         if self.visitor_rows:
             # Earlier anonymous events of a visitor now known belong to that person.
             rows = list(self.visitor_rows.values())
-            await conn.execute(
+            await conn.exec_driver_sql(
                 _BACKFILL,
-                {
-                    "tenants": [r["tenant_id"] for r in rows],
-                    "visitors": [r["visitor_id"] for r in rows],
-                    "people": [r["person_id"] for r in rows],
-                },
+                (
+                    [r["tenant_id"] for r in rows],
+                    [r["visitor_id"] for r in rows],
+                    [r["person_id"] for r in rows],
+                ),
             )
         if self.idem_rows:
-            await conn.execute(insert(idem_t), self.idem_rows)
+            await _INSERT_IDEMPOTENCY_KEYS.run(conn, self.idem_rows)
         if self.dead_rows:
             stmt = pg_insert(dead_t)
             await conn.execute(
@@ -629,14 +644,102 @@ class Batch:
         }
 
 
-_BACKFILL = text(
+_BACKFILL = """
+UPDATE events SET person_id = v.person_id
+FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS v(tenant_id, visitor_id, person_id)
+WHERE events.tenant_id = v.tenant_id AND events.visitor_id = v.visitor_id
+  AND events.person_id IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class _BulkInsert:
+    """INSERT ... SELECT FROM json_to_recordset(the rows as one JSON document).
+
+    orjson encodes a batch several times faster than asyncpg encodes one array per column,
+    and the statement text does not depend on the row count, so it is prepared once.
     """
-    UPDATE events SET person_id = v.person_id
-    FROM unnest(CAST(:tenants AS uuid[]), CAST(:visitors AS text[]), CAST(:people AS uuid[]))
-        AS v(tenant_id, visitor_id, person_id)
-    WHERE events.tenant_id = v.tenant_id AND events.visitor_id = v.visitor_id
-      AND events.person_id IS NULL
-    """
+
+    table: str
+    columns: dict[str, str]  # name -> PostgreSQL type
+    tail: str = ""
+
+    @cached_property
+    def sql(self) -> str:
+        # A JSON null becomes SQL NULL here; JSONB columns keep storing JSON null for None,
+        # as SQLAlchemy did.
+        values = ", ".join(
+            f"COALESCE(u.{c}, 'null')" if kind == "jsonb" else f"u.{c}"
+            for c, kind in self.columns.items()
+        )
+        names = ", ".join(self.columns)
+        record = ", ".join(f"{c} {kind}" for c, kind in self.columns.items())
+        source = f"json_to_recordset($1::text::json) AS u({record})"
+        # Names come from the constants below; every value travels in the parameter.
+        return f"INSERT INTO {self.table} ({names}) SELECT {values} FROM {source} {self.tail}"  # noqa: S608
+
+    async def run(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> CursorResult[Any]:
+        return await conn.exec_driver_sql(
+            self.sql, (orjson.dumps(rows, default=_uuid_text).decode(),)
+        )
+
+
+def _uuid_text(value: object) -> str:
+    # orjson serialises uuid.UUID itself, not asyncpg's subclass (ids read from the database).
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_CONTACT_COLUMNS = {
+    "tenant_id": "uuid",
+    "value": "text",
+    "person_id": "uuid",
+    "type": "text",
+    "is_primary": "bool",
+    "created_at": "timestamptz",
+}
+_INSERT_EMAILS = _BulkInsert("person_emails", _CONTACT_COLUMNS)
+_INSERT_PHONES = _BulkInsert("person_phones", _CONTACT_COLUMNS)
+_UPSERT_VISITORS = _BulkInsert(
+    "visitors",
+    {"tenant_id": "uuid", "visitor_id": "text", "person_id": "uuid", "updated_at": "timestamptz"},
+    "ON CONFLICT (tenant_id, visitor_id) DO UPDATE"
+    " SET person_id = excluded.person_id, updated_at = excluded.updated_at",
+)
+_INSERT_EVENTS = _BulkInsert(
+    "events",
+    {
+        "id": "uuid",
+        "tenant_id": "uuid",
+        "person_id": "uuid",
+        "company_id": "uuid",
+        "visitor_id": "text",
+        "event_type": "text",
+        "occurred_at": "timestamptz",
+        "received_at": "timestamptz",
+        "created_at": "timestamptz",
+        "idempotency_key": "text",
+        "source": "text",
+        "page_url": "text",
+        "page_title": "text",
+        "page_referrer": "text",
+        "page_duration": "int",
+        "property": "jsonb",
+        "property_search": "jsonb",
+        "message": "text",
+        "metadata": "jsonb",
+        "ip_address": "text",
+        "user_agent": "text",
+        "was_person_created": "bool",
+        "was_company_created": "bool",
+        "match_conflict": "jsonb",
+    },
+    "ON CONFLICT DO NOTHING RETURNING id",
+)
+_INSERT_IDEMPOTENCY_KEYS = _BulkInsert(
+    "idempotency_keys",
+    {"tenant_id": "uuid", "key": "text", "event_id": "uuid", "created_at": "timestamptz"},
 )
 
 
@@ -726,22 +829,7 @@ async def process_batch(
 
     batch = Batch(conn, items, now)
     await lock_all(conn, lock_names(items) | {event_lock_name(e.id) for e, _ in failures})
-    ids = [e.id for e in envelopes]
-    decided = union_all(
-        select(events_t.c.id).where(events_t.c.id.in_(ids)),
-        select(dead_t.c.event_id).where(dead_t.c.event_id.in_(ids), dead_t.c.replayed_at.is_(None)),
-    )
-    done_ids = set((await conn.execute(decided)).scalars())
-    idem_pairs = _pairs(
-        (i.tenant_id, i.envelope.idempotency_key) for i in items if i.envelope.idempotency_key
-    )
-    first_by_key: dict[tuple[UUID, str], UUID] = {}
-    if idem_pairs:
-        rows = await conn.execute(
-            select(idem_t).where(tuple_(idem_t.c.tenant_id, idem_t.c.key).in_(idem_pairs))
-        )
-        first_by_key = {(r.tenant_id, r.key): r.event_id for r in rows}
-    await batch.load()
+    done_ids, first_by_key = await batch.load([e.id for e in envelopes])
 
     answer_with: dict[UUID, UUID] = {}  # event id -> the event whose outcome answers it
     for envelope, error in failures:

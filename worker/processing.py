@@ -4,6 +4,7 @@ and publishing the outcomes once committed."""
 import asyncio
 import random
 from datetime import UTC, datetime
+from importlib.resources import files
 from uuid import UUID
 
 import redis
@@ -28,6 +29,8 @@ log = structlog.get_logger(__name__)
 # Lock contention a quick retry resolves (the retry sees the winner's commit).
 _CONTENTION = {"40001", "40P01", "55P03", "23505", "23503"}
 _CONTENTION_ATTEMPTS = 5
+
+_PUBLISH_SCRIPT = files("worker").joinpath("publish_outcomes.lua").read_bytes()
 
 
 def _sqlstate(exc: DBAPIError) -> str:
@@ -149,23 +152,23 @@ def publish_outcomes(
     settings: Settings,
 ) -> None:
     """Store every outcome, announce it on the stream, and wake the callers who wait."""
-    pipe = client.pipeline(transaction=False)
+    keys: list[str] = [OUTCOME_STREAM]
+    args: list[str | bytes | int] = [
+        settings.outcome_ttl_seconds,
+        settings.outcome_stream_maxlen,
+        OUTCOME_CHANNEL,
+    ]
     for envelope in envelopes:
         outcome = outcomes.get(envelope.id)
         if outcome is None:
             continue
-        data = outcome.dumps()
         event_id = str(envelope.id)
-        pipe.set(event_key(event_id), data, ex=settings.outcome_ttl_seconds)
-        pipe.xadd(
-            OUTCOME_STREAM,
-            {"id": event_id, "tenantId": str(outcome.tenant_id), "outcome": data},
-            maxlen=settings.outcome_stream_maxlen,
-            approximate=True,
-        )
-        if envelope.notify:
-            pipe.publish(OUTCOME_CHANNEL, b'{"id":"%s","outcome":%s}' % (event_id.encode(), data))
+        keys.append(event_key(event_id))
+        args += (event_id, str(outcome.tenant_id), outcome.dumps(), int(envelope.notify))
+    if len(keys) == 1:
+        return
     try:
-        pipe.execute()
+        # One script call, not 2-3 commands per event: redis-py's per-command cost dominated.
+        client.register_script(_PUBLISH_SCRIPT)(keys, args)
     except redis.RedisError as exc:
         raise TransientError(f"redis unavailable for outcomes: {exc!r}") from exc
