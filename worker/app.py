@@ -88,7 +88,8 @@ def runtime() -> Runtime:
         _runtime = Runtime(
             pid=os.getpid(),
             loop=asyncio.new_event_loop(),
-            engine=create_engine(settings, pool_size=2),
+            # No pre-ping: a connection that died fails its batch, which is retried.
+            engine=create_engine(settings, pool_size=2, pre_ping=False),
             redis=redis.Redis.from_url(
                 settings.redis_url,
                 socket_timeout=5,
