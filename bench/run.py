@@ -162,6 +162,7 @@ class Results:
     lpush_rate: float = 0.0
     copy_rate: float = 0.0
     bare: Reference | None = None
+    bare_asgi: Reference | None = None
     ingest: Reference | None = None
     phases: list[PhaseResult] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
@@ -837,6 +838,9 @@ def run(config: Config) -> Results:
         with results.step("(a) bare FastAPI"), ExitStack() as bare_stack:
             _, bare_url = start_uvicorn(bare_stack, s, "bare", ["bench.bare_app:app"])
             results.bare, _ = reference(bare_url, s, "bare")
+        with results.step("(a2) bare plain ASGI"), ExitStack() as bare_stack:
+            _, bare_url = start_uvicorn(bare_stack, s, "bare-asgi", ["bench.bare_app:asgi_app"])
+            results.bare_asgi, _ = reference(bare_url, s, "bare-asgi")
         with results.step("(b) ingest API"):
             s.api, s.api_url = start_uvicorn(
                 stack, s, "api", ["ingest_api.app:create_app", "--factory"]

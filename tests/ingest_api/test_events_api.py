@@ -67,7 +67,9 @@ async def test_invalid_events_name_every_wrong_field_and_queue_nothing(
     assert await accepted_count(client) == before
 
 
-async def test_malformed_json_wrong_type_oversize_bodies_and_methods(client: httpx.AsyncClient) -> None:
+async def test_malformed_json_wrong_type_oversize_bodies_and_methods(
+    client: httpx.AsyncClient,
+) -> None:
     before = await accepted_count(client)
     headers = {"Content-Type": "application/json"}
     malformed = await client.post(EVENTS, content=b'{"type": "page_view",', headers=headers)
