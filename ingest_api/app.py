@@ -15,9 +15,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ingest_api.auth import TokenVerifier
-from ingest_api.intake import Intake, openapi_operation
+from ingest_api.intake import Intake, openapi_paths
 from ingest_api.problems import install_problem_handlers
-from ingest_api.responses import EVENTS_PATH
 from ingest_api.routes import events, health
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
@@ -82,8 +81,8 @@ def _document(app: FastAPI) -> None:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(problem.pop("$defs", {}))
             schemas["Problem"] = problem
-            post = openapi_operation(schemas, events.PROBLEMS)
-            schema["paths"].setdefault(EVENTS_PATH, {})["post"] = post
+            for path, operations in openapi_paths(schemas, events.PROBLEMS).items():
+                schema["paths"].setdefault(path, {}).update(operations)
             schema["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             }

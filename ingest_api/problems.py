@@ -56,7 +56,7 @@ def problem_response(
 
 
 def validation_problem(
-    errors: Sequence[Mapping[str, Any]], *, prefix: tuple[str, ...] = ()
+    errors: Sequence[Mapping[str, Any]], *, prefix: tuple[str | int, ...] = ()
 ) -> ProblemError:
     """400 for a body that is not JSON, else 422 naming every wrong field in errors[].loc."""
     listed = [

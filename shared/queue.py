@@ -192,6 +192,18 @@ class Enqueuer:
         """Queue the event unless `key` already names one; return the id the key names."""
         raise NotImplementedError
 
+    async def enqueue_all(self, by_queue: dict[str, list[Envelope]]) -> None:
+        """Queue a client's batch now, in one write: all of it, or (QueueUnavailableError)
+        none of it with a Redis broker."""
+        deadline = time.time() + self._timeout
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._write(by_queue, deadline)
+        except QueueUnavailableError:
+            raise
+        except Exception as exc:
+            raise QueueUnavailableError(f"the queue is unavailable: {exc!r}") from None
+
     async def close(self) -> None:
         """Let writes in flight finish, so no caller is left without an answer."""
         if self._tasks:
@@ -211,7 +223,7 @@ class Enqueuer:
                 deadline = min(d for _, _, d in batch)
                 try:
                     async with asyncio.timeout(max(0.0, deadline - time.time())):
-                        await self._write(lane.queue, [e for e, _, _ in batch], deadline)
+                        await self._write({lane.queue: [e for e, _, _ in batch]}, deadline)
                 except Exception as exc:  # every waiter must hear of the failure
                     error = QueueUnavailableError(f"the queue is unavailable: {exc!r}")
                     for _, done, _ in batch:
@@ -229,7 +241,7 @@ class Enqueuer:
         wires = [envelope.to_wire() for envelope in envelopes]
         return [wires[i : i + self._max_events] for i in range(0, len(wires), self._max_events)]
 
-    async def _write(self, queue: str, envelopes: list[Envelope], deadline: float) -> None:
+    async def _write(self, by_queue: dict[str, list[Envelope]], deadline: float) -> None:
         raise NotImplementedError
 
 
@@ -247,10 +259,15 @@ class RedisEnqueuer(Enqueuer):
         self._script = client.register_script(_ENQUEUE_SCRIPT)
         self._keyed_script = client.register_script(_ENQUEUE_KEYED_SCRIPT)
 
-    async def _write(self, queue: str, envelopes: list[Envelope], deadline: float) -> None:
-        messages = [_message(queue, chunk) for chunk in self._chunks(envelopes)]
+    async def _write(self, by_queue: dict[str, list[Envelope]], deadline: float) -> None:
+        queues, messages, envelopes = [], [], []
+        for queue, queued in by_queue.items():
+            for chunk in self._chunks(queued):
+                queues.append(queue)
+                messages.append(_message(queue, chunk))
+            envelopes += queued
         written = await self._script(
-            keys=[queue, *(event_key(e.id) for e in envelopes)],
+            keys=[*queues, *(event_key(e.id) for e in envelopes)],
             args=[
                 self._marker_ttl,
                 int(deadline * 1000),
@@ -302,14 +319,17 @@ class KombuEnqueuer(Enqueuer):
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kombu-publish")
 
-    async def _write(self, queue: str, envelopes: list[Envelope], deadline: float) -> None:
+    async def _write(self, by_queue: dict[str, list[Envelope]], deadline: float) -> None:
         # Markers first: the worker overwrites them with the outcome, never the other way round.
         async with self._redis.pipeline(transaction=False) as pipe:
-            for e in envelopes:
-                pipe.set(event_key(e.id), queued_marker(e.tenant_id), ex=self._marker_ttl)
+            for envelopes in by_queue.values():
+                for e in envelopes:
+                    pipe.set(event_key(e.id), queued_marker(e.tenant_id), ex=self._marker_ttl)
             await pipe.execute()
-        chunks = self._chunks(envelopes)
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._publish, queue, chunks)
+        loop = asyncio.get_running_loop()
+        for queue, envelopes in by_queue.items():
+            chunks = self._chunks(envelopes)
+            await loop.run_in_executor(self._thread, self._publish, queue, chunks)
 
     async def enqueue_keyed(
         self, envelope: Envelope, *, queue: str, key: str, key_ttl: int

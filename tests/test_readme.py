@@ -1,6 +1,7 @@
 """The README's walk-through, run as written against the running API and worker."""
 
 import asyncio
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -42,5 +43,8 @@ async def test_readme_walkthrough_runs(
     statuses = re.findall(r"^HTTP/1.1 (\d{3})", result.stdout, re.MULTILINE)
     assert statuses[:3] == ["202", "201", "200"], result.stdout
     assert statuses[3] in {"200", "202"}
+    assert statuses[4] == "202"
+    batch = json.loads(result.stdout[result.stdout.index('{"results":') :].splitlines()[0])
+    assert [r["status"] for r in batch["results"]] == ["queued", "rejected", "queued"]
     assert '"wasPersonCreated":true' in result.stdout
     assert '"wasCompanyCreated":false' in result.stdout
