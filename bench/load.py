@@ -74,9 +74,11 @@ def run_wrk_fixed(
     token: str,
     workdir: Path,
     name: str,
+    batch: int = 0,
 ) -> WrkResult:
-    """A fixed-duration closed loop of identical POSTs (references a and b)."""
-    env = {**os.environ, "BENCH_TOKEN": token}
+    """A fixed-duration closed loop of identical POSTs (references a and b), or of identical
+    batches of `batch` events (b2)."""
+    env = {**os.environ, "BENCH_TOKEN": token, "BENCH_BATCH": str(batch)}
     out = workdir / f"{name}.out"
     started, cpu0 = time.monotonic(), _children_cpu()
     with out.open("wb") as handle:

@@ -92,7 +92,9 @@ def _cpu_per_event(phase: "PhaseResult") -> list[str]:
 def markdown(results: "Results") -> str:
     cfg = results.config
     bare, bare_asgi, ingest = results.bare, results.bare_asgi, results.ingest
+    batched = results.ingest_batch
     assert bare is not None and bare_asgi is not None and ingest is not None
+    assert batched is not None
     phases = {p.name: p for p in results.phases}
     burst, paced = phases["burst"], phases["paced"]
     m = results.machine
@@ -145,6 +147,12 @@ def markdown(results: "Results") -> str:
         f"(a2) {_n(bare_asgi.rps)} | {_ratio(ingest.rps, bare.rps)}; "
         f"{_ratio(ingest.rps, bare_asgi.rps)} of a2 | ≥ 0.80 of (a) and p99 ≤ 25 ms: "
         f"{_mark(ingest_ok)} |",
+        f"| b2 | ingest API, batches of {batched.events_per_request} page views `POST "
+        f"/api/partner/events/batch` (same flags, no worker) | "
+        f"{_n(batched.rps * batched.events_per_request)} events/s ({_n(batched.rps)} req/s), "
+        f"p50 {batched.p50_ms:.1f} ms, p99 {batched.p99_ms:.1f} ms"
+        f"{f', {batched.errors} errors' if batched.errors else ''} | (b) {_n(ingest.rps)} "
+        f"events/s | {_ratio(batched.rps * batched.events_per_request, ingest.rps)} | - |",
         f"| c | Redis LPUSH, ~1 KB messages, redis-py pipelined by 100 "
         f"({cfg.lpush_messages:,} msgs) | {_n(results.lpush_rate)} msg/s | - | - | - |",
         f"| d | PostgreSQL COPY (asyncpg `copy_records_to_table`, {cfg.copy_rows:,} rows "

@@ -43,6 +43,7 @@ from shared.tenants import ensure_tenant
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+BATCH_REFERENCE_SIZE = 100  # events per request in reference (b2)
 UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--workers", "1"]
 
 
@@ -151,6 +152,7 @@ class Reference:
     p99_ms: float
     errors: int
     client_cpu: float
+    events_per_request: int = 1
 
 
 @dataclass
@@ -164,6 +166,7 @@ class Results:
     bare: Reference | None = None
     bare_asgi: Reference | None = None
     ingest: Reference | None = None
+    ingest_batch: Reference | None = None
     phases: list[PhaseResult] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     accepted_total: int = 0
@@ -383,9 +386,10 @@ def wait_api_idle(api_url: str, timeout: float = 15.0) -> None:
 
 
 def reference(
-    url: str, s: Stack, name: str, *, pid: int | None = None
+    url: str, s: Stack, name: str, *, pid: int | None = None, batch: int = 0
 ) -> tuple[Reference, dict[str, profile.Role]]:
-    """wrk against `url`; with --profile, py-spy on `pid` during the measured run."""
+    """wrk against `url` (batches of `batch` events if set); with --profile, py-spy on `pid`
+    during the measured run."""
     cfg = s.config
     run_wrk_fixed(
         url,
@@ -395,6 +399,7 @@ def reference(
         token=s.token,
         workdir=s.workdir,
         name=f"{name}-warmup",
+        batch=batch,
     )
     spy = profile.start(s.workdir, s.env, name, pid) if cfg.profile and pid else None
     if spy is not None:
@@ -408,6 +413,7 @@ def reference(
             token=s.token,
             workdir=s.workdir,
             name=name,
+            batch=batch,
         )
     finally:
         roles = profile.stop(spy) if spy is not None else {}
@@ -417,7 +423,12 @@ def reference(
         for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
     )
     ref = Reference(
-        result.rps, result.ms("p50_us"), result.ms("p99_us"), errors, result.cpu_seconds
+        result.rps,
+        result.ms("p50_us"),
+        result.ms("p99_us"),
+        errors,
+        result.cpu_seconds,
+        events_per_request=batch or 1,
     )
     return ref, roles
 
@@ -850,6 +861,10 @@ def run(config: Config) -> Results:
                 s.api_url, s, "ingest", pid=s.api.pid
             )
             results.memory["api_after_reference"] = procs.rss_bytes([s.api.pid])
+        with results.step("(b2) ingest API, batches"):
+            results.ingest_batch, _ = reference(
+                s.api_url, s, "ingest-batch", batch=BATCH_REFERENCE_SIZE
+            )
             # wrk leaves up to -c requests in flight when it stops; the API still queues them.
             wait_api_idle(s.api_url)
             flush_redis(services.redis_url)  # no worker ran: those queued events must not count

@@ -2,10 +2,21 @@
 -- The token comes from BENCH_TOKEN; the bare app ignores it, so both parse the same request.
 local token = os.getenv("BENCH_TOKEN")
 
-wrk.method = "POST"
-wrk.path = "/api/partner/events"
-wrk.body = '{"type":"page_view","visitorId":"v-ref-1","source":"bench-ref",'
+-- With BENCH_BATCH=n (reference b2), each request is a batch of n copies of that page view.
+local batch = tonumber(os.getenv("BENCH_BATCH") or "0")
+local event = '{"type":"page_view","visitorId":"v-ref-1","source":"bench-ref",'
   .. '"pageUrl":"https://example.com/listing/1","pageTitle":"3 bed, 2 bath in Springfield"}'
+
+wrk.method = "POST"
+if batch > 0 then
+  local events = {}
+  for i = 1, batch do events[i] = event end
+  wrk.path = "/api/partner/events/batch"
+  wrk.body = '{"events":[' .. table.concat(events, ",") .. ']}'
+else
+  wrk.path = "/api/partner/events"
+  wrk.body = event
+end
 wrk.headers["Content-Type"] = "application/json"
 if token and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
