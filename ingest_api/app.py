@@ -17,7 +17,7 @@ from redis.retry import Retry
 from ingest_api.auth import TokenVerifier
 from ingest_api.intake import Intake, openapi_paths
 from ingest_api.problems import install_problem_handlers
-from ingest_api.routes import events, health
+from ingest_api.routes import events, health, records
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.db import create_engine, migration_head
@@ -147,6 +147,7 @@ def create_app(settings: Settings | None = None) -> Intake:
     install_problem_handlers(app)
     _document(app)
     app.include_router(events.router)
+    app.include_router(records.router)
     app.include_router(health.router)
     intake = Intake(app, verifier)
     return intake

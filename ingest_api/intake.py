@@ -47,6 +47,7 @@ EVENT_BODY_LIMIT = 32 * 1024
 BATCH_PATH = f"{EVENTS_PATH}/batch"
 BATCH_BODY_LIMIT = 512 * 1024  # after gzip decoding, if any
 BATCH_MAX_EVENTS = 500
+_ALLOWED = {EVENTS_PATH: "GET, POST", BATCH_PATH: "POST"}
 
 EVENTS_ACCEPTED = Counter("leadstream_events_accepted_total", "Events queued", ["queue"])
 ENQUEUE_FAILURES = Counter("leadstream_enqueue_failures_total", "Events refused with 503")
@@ -180,12 +181,16 @@ class Intake:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else None
-        if path != EVENTS_PATH and path != BATCH_PATH:
+        # GET on the collection is the timeline, which FastAPI serves.
+        allowed = _ALLOWED.get(path or "")
+        if allowed is None or (path == EVENTS_PATH and scope["method"] == "GET"):
             await self.app(scope, receive, send)
             return
         try:
             if scope["method"] != "POST":
-                raise ProblemError(405, "Method not allowed", "use POST", headers={"Allow": "POST"})
+                raise ProblemError(
+                    405, "Method not allowed", f"use {allowed}", headers={"Allow": allowed}
+                )
             if path == EVENTS_PATH:
                 await self._create(scope, receive, send)
             else:

@@ -1,10 +1,13 @@
-"""Reads that both sides need: the outcome of an event, rebuilt from the database.
+"""Reads from the database: the outcome of an event, and the records the API shows.
 
 The worker builds every outcome it publishes with `load_outcomes` inside its transaction, and
-the API uses it once an outcome has left Redis, so both always give the same answer.
+the API uses it once an outcome has left Redis, so both always give the same answer. The read
+routes (timeline, people, companies) use the same builders, so a record looks the same
+everywhere.
 """
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -44,16 +47,23 @@ def _event_column(column: str) -> str:
     return f"NULLIF(e.{column}, 'null')" if column in _JSONB_FIELDS else f"e.{column}"
 
 
-# Every event with its person (and contact points) and company in one round trip, read by
-# position: the builders below unpack the columns in this order.
+# Columns read by position: the builders below unpack them in this order.
+_EVENT_COLUMNS = f"""
+e.id, e.tenant_id, e.person_id, e.company_id, e.event_type, e.occurred_at, e.created_at,
+e.was_person_created, e.was_company_created, NULLIF(e.match_conflict, 'null'),
+{", ".join(_event_column(column) for column in _EVENT_FIELDS)}
+"""
+_PERSON_COLUMNS = f"""
+p.id, p.first_name, p.last_name, p.tags, p.source, p.stage, p.company_id, p.created_at,
+p.updated_at, {_contacts_of("person_emails")}, {_contacts_of("person_phones")}
+"""
+_COMPANY_COLUMNS = """
+c.id, c.name, c.website, c.industry, c.company_size, c.description, c.created_at, c.updated_at
+"""
+
+# Every event with its person (and contact points) and company in one round trip.
 _OUTCOMES = f"""
-SELECT e.id, e.tenant_id, e.person_id, e.company_id, e.event_type, e.occurred_at, e.created_at,
-       e.was_person_created, e.was_company_created, NULLIF(e.match_conflict, 'null'),
-       {", ".join(_event_column(column) for column in _EVENT_FIELDS)},
-       p.id, p.first_name, p.last_name, p.tags, p.source, p.stage, p.company_id, p.created_at,
-       p.updated_at, {_contacts_of("person_emails")}, {_contacts_of("person_phones")},
-       c.id, c.name, c.website, c.industry, c.company_size, c.description, c.created_at,
-       c.updated_at
+SELECT {_EVENT_COLUMNS}, {_PERSON_COLUMNS}, {_COMPANY_COLUMNS}
 FROM events e
 LEFT JOIN people p ON p.id = e.person_id
 LEFT JOIN companies c ON c.id = e.company_id
@@ -66,6 +76,29 @@ _DEAD_LETTERS = """
 SELECT event_id, tenant_id, problem FROM dead_letters
 WHERE event_id = ANY($1::uuid[]) AND ($2::uuid IS NULL OR tenant_id = $2::uuid)
 """
+
+
+# A person's events, newest first, after a keyset position (occurred_at, id) if one is given.
+_TIMELINE = f"""
+SELECT {_EVENT_COLUMNS} FROM events e
+WHERE e.tenant_id = $1 AND e.person_id = $2
+  AND ($3::text IS NULL OR e.event_type = $3) AND ($4::timestamptz IS NULL OR e.occurred_at >= $4)
+  AND ($5::timestamptz IS NULL OR (e.occurred_at, e.id) < ($5, $6::uuid))
+ORDER BY e.occurred_at DESC, e.id DESC
+LIMIT $7
+"""  # noqa: S608 (names from this module; values are parameters)
+
+_PERSON = f"""
+SELECT {_PERSON_COLUMNS} FROM people p
+WHERE p.tenant_id = $1 AND p.id = COALESCE(
+    $2::uuid,
+    (SELECT person_id FROM person_emails WHERE tenant_id = $1 AND value = $3),
+    (SELECT person_id FROM person_phones WHERE tenant_id = $1 AND value = $4))
+"""  # noqa: S608 (names from this module; values are parameters)
+
+_COMPANY = f"""
+SELECT {_COMPANY_COLUMNS} FROM companies c WHERE c.tenant_id = $1 AND c.id = $2
+"""  # noqa: S608 (names from this module; values are parameters)
 
 
 def _event_body(row: Sequence[Any]) -> dict[str, Any]:
@@ -194,3 +227,43 @@ async def load_outcomes(
                 body=problem,
             )
     return outcomes
+
+
+async def load_timeline(
+    conn: AsyncConnection,
+    *,
+    tenant_id: UUID,
+    person_id: UUID,
+    event_type: str | None,
+    since: datetime | None,
+    before: tuple[datetime, UUID] | None,
+    limit: int,
+) -> list[tuple[dict[str, Any], tuple[datetime, UUID]]]:
+    """Up to `limit` of a person's events, newest first, each with its keyset position."""
+    after_time, after_id = before or (None, None)
+    rows: Sequence[Sequence[Any]] = (
+        await conn.exec_driver_sql(
+            _TIMELINE, (tenant_id, person_id, event_type, since, after_time, after_id, limit)
+        )
+    ).all()
+    return [(_event_body(row), (row[5], row[0])) for row in rows]
+
+
+async def load_person(
+    conn: AsyncConnection,
+    *,
+    tenant_id: UUID,
+    person_id: UUID | None = None,
+    email: str | None = None,
+    phone: str | None = None,
+) -> dict[str, Any] | None:
+    """The tenant's person with this id, or owning this (normalised) e-mail or phone."""
+    row = (await conn.exec_driver_sql(_PERSON, (tenant_id, person_id, email, phone))).first()
+    return _person_body(row) if row is not None else None
+
+
+async def load_company(
+    conn: AsyncConnection, *, tenant_id: UUID, company_id: UUID
+) -> dict[str, Any] | None:
+    row = (await conn.exec_driver_sql(_COMPANY, (tenant_id, company_id))).first()
+    return _company_body(row) if row is not None else None

@@ -261,6 +261,13 @@ class EventOut(Response):
     created_at: datetime
 
 
+class Timeline(Response):
+    """A page of a person's events, newest first; `nextCursor` fetches the next page."""
+
+    events: list[EventOut]
+    next_cursor: str | None
+
+
 class MatchConflict(Response):
     """The event's identities also belong to other people, who were left untouched."""
 

@@ -30,3 +30,11 @@ async def find_tenant(conn: AsyncConnection, *, name: str) -> UUID | None:
         await conn.execute(select(tenants_t.c.id).where(tenants_t.c.name == name))
     ).scalar_one_or_none()
     return found
+
+
+async def tenant_region(conn: AsyncConnection, tenant_id: UUID) -> str | None:
+    """The tenant's default phone region, which its phone numbers are normalised with."""
+    region: str | None = (
+        await conn.execute(select(tenants_t.c.default_region).where(tenants_t.c.id == tenant_id))
+    ).scalar_one_or_none()
+    return region

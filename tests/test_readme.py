@@ -46,5 +46,9 @@ async def test_readme_walkthrough_runs(
     assert statuses[4] == "202"
     batch = json.loads(result.stdout[result.stdout.index('{"results":') :].splitlines()[0])
     assert [r["status"] for r in batch["results"]] == ["queued", "rejected", "queued"]
+    assert statuses[5] == "200"
+    timeline = json.loads(result.stdout[result.stdout.index('{"events":') :].splitlines()[0])
+    # Steps 1-3 are stored by now (2 and 3 waited; 1 before 2); step 4's may still be queued.
+    assert {e["eventType"] for e in timeline["events"]} >= {"form_submission", "property_view"}
     assert '"wasPersonCreated":true' in result.stdout
     assert '"wasCompanyCreated":false' in result.stdout

@@ -1,31 +1,43 @@
-"""GET /api/partner/events/{id}; the POST is served by ingest_api.intake."""
+"""Reads of events: one outcome, and a person's timeline. The POSTs are ingest_api.intake."""
 
+import base64
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import AwareDatetime
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from ingest_api.auth import require_scope
-from ingest_api.problems import problem_response
+from ingest_api.problems import ProblemError, problem_response
 from ingest_api.responses import EVENTS_PATH, outcome_response
 from ingest_api.state import IngestState
 from shared.auth import READ_SCOPE, Principal
 from shared.outcomes import StoredOutcome, event_key
-from shared.repository import load_outcomes
-from shared.schemas import Accepted, EventOutcome
+from shared.repository import load_outcomes, load_person, load_timeline
+from shared.schemas import Accepted, EventOutcome, Timeline
 
 router = APIRouter(prefix=EVENTS_PATH, tags=["events"])
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {
-        "description": text,
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        },
+
+def problems(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these statuses, each a problem document."""
+    return {
+        code: {
+            "description": text,
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        for code, text in texts.items()
     }
-    for code, text in {
+
+
+PROBLEMS = problems(
+    {
         400: "Malformed JSON",
         401: "Missing or invalid token",
         403: "Token lacks the scope",
@@ -34,8 +46,74 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         415: "Not application/json",
         422: "Invalid event: every wrong field in errors[].loc",
         503: "Queue unavailable: retry after Retry-After seconds",
-    }.items()
-}
+    }
+)
+READ_PROBLEMS = problems(
+    {
+        401: "Missing or invalid token",
+        403: "Token lacks the scope",
+        404: "Unknown, or another tenant's",
+        422: "Invalid parameter: each in errors[].loc",
+    }
+)
+
+
+def _encode_cursor(position: tuple[datetime, UUID]) -> str:
+    occurred_at, event_id = position
+    raw = orjson.dumps([occurred_at.isoformat(), str(event_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        occurred_at, event_id = orjson.loads(raw)
+        position = datetime.fromisoformat(occurred_at), UUID(event_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        position = None
+    if position is None or position[0].tzinfo is None:
+        raise ProblemError(
+            422,
+            "Invalid parameter",
+            "cursor is not one this API gave out",
+            kind="validation",
+            errors=[{"loc": ["query", "cursor"], "msg": "not a cursor from nextCursor"}],
+        )
+    return position
+
+
+@router.get(
+    "",
+    summary="A person's timeline, newest first",
+    responses={200: {"model": Timeline}, **READ_PROBLEMS},
+)
+async def read_timeline(
+    request: Request,
+    principal: Annotated[Principal, Depends(require_scope(READ_SCOPE))],
+    person_id: Annotated[UUID, Query(alias="personId")],
+    event_type: Annotated[str | None, Query(alias="type", min_length=1, max_length=64)] = None,
+    since: Annotated[AwareDatetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """Up to `limit` events of the person, newest first; `nextCursor` is null on the last page."""
+    state: IngestState = request.app.state.ingest
+    before = _decode_cursor(cursor) if cursor is not None else None
+    async with state.engine.connect() as conn:
+        if await load_person(conn, tenant_id=principal.tenant_id, person_id=person_id) is None:
+            return problem_response(404, "Not found", f"no person {person_id}", kind="not-found")
+        page = await load_timeline(
+            conn,
+            tenant_id=principal.tenant_id,
+            person_id=person_id,
+            event_type=event_type,
+            since=since,
+            before=before,
+            limit=limit + 1,  # one more tells whether a next page exists
+        )
+    next_cursor = _encode_cursor(page[limit - 1][1]) if len(page) > limit else None
+    body = {"events": [event for event, _ in page[:limit]], "nextCursor": next_cursor}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get(
@@ -45,7 +123,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         200: {"model": EventOutcome},
         201: {"model": EventOutcome},
         202: {"model": Accepted, "description": "Still queued"},
-        **PROBLEMS,
+        **READ_PROBLEMS,
     },
 )
 async def read_event(
