@@ -180,9 +180,11 @@ def markdown(results: "Results") -> str:
         f"{_n(burst.lead_db.lag_p99 * 1000 if burst.lead_db else float('nan'))} ms | - | - | "
         f"p99 ≤ 1 s during a 100k burst: {_mark(lead_p99 <= 1 and burst.db.count >= 100_000)}"
         f"{'' if burst.db.count >= 100_000 else f' (burst was {burst.db.count:,})'} |",
-        f"| j | memory (RSS): API idle → after (b) → e2e start → end | "
+        f"| j | memory (RSS): API idle → after (b) → after (b2) → e2e start → end | "
         f"{mem['api_idle'] / MB:.0f} → {mem['api_after_reference'] / MB:.0f} → "
-        f"{mem['api_e2e_start'] / MB:.0f} → {mem['api_end'] / MB:.0f} MB | - | - | flat |",
+        f"{mem['api_after_batch_reference'] / MB:.0f} → {mem['api_e2e_start'] / MB:.0f} → "
+        f"{mem['api_end'] / MB:.0f} MB ((b2) has {cfg.connections} batches in flight: the "
+        "process keeps that peak) | - | - | flat |",
         f"| k | memory (RSS): worker, main + 2 pool processes, start → end | "
         f"{mem['worker_start'] / MB:.0f} → {mem['worker_end'] / MB:.0f} MB | - | - | flat |",
         *_soak_rows(results),

@@ -865,6 +865,7 @@ def run(config: Config) -> Results:
             results.ingest_batch, _ = reference(
                 s.api_url, s, "ingest-batch", batch=BATCH_REFERENCE_SIZE
             )
+            results.memory["api_after_batch_reference"] = procs.rss_bytes([s.api.pid])
             # wrk leaves up to -c requests in flight when it stops; the API still queues them.
             wait_api_idle(s.api_url)
             flush_redis(services.redis_url)  # no worker ran: those queued events must not count

@@ -173,7 +173,7 @@ def _check_idempotency_key(key: str | None) -> None:
 
 
 class Intake:
-    """The ASGI app uvicorn serves: this route here, every other request to FastAPI."""
+    """The ASGI app uvicorn serves: the POSTs here, every other request to FastAPI."""
 
     def __init__(self, app: ASGIApp, verifier: TokenVerifier) -> None:
         self.app, self.verifier = app, verifier
