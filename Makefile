@@ -22,6 +22,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy shared ingest_api worker bench
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.run

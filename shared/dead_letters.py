@@ -2,17 +2,18 @@
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.locks import event_lock_name, lock_all
 from shared.models import DeadLetter
 from shared.queue import Envelope
 
-dead_t = DeadLetter.__table__
+# DeclarativeBase types __table__ as a FromClause; it is a Table.
+dead_t = cast(Table, DeadLetter.__table__)
 
 
 def _filters(*, reason: str | None, since: datetime | None, event_ids: Sequence[UUID]) -> list[Any]:

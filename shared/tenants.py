@@ -1,15 +1,17 @@
 """Tenant administration used by the CLI."""
 
+from typing import cast
 from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.ids import new_event_id
 from shared.models import Tenant
 
-tenants_t = Tenant.__table__
+# DeclarativeBase types __table__ as a FromClause; it is a Table.
+tenants_t = cast(Table, Tenant.__table__)
 
 
 async def ensure_tenant(conn: AsyncConnection, *, name: str, default_region: str) -> UUID:

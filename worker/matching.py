@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, bindparam, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -45,10 +45,11 @@ from shared.schemas import TRUSTED, EmailIn, EventIn, PhoneIn
 
 log = structlog.get_logger(__name__)
 
-people_t = Person.__table__
-companies_t = Company.__table__
-dead_t = DeadLetter.__table__
-tenants_t = Tenant.__table__
+# DeclarativeBase types __table__ as a FromClause; these are Tables.
+people_t = cast(Table, Person.__table__)
+companies_t = cast(Table, Company.__table__)
+dead_t = cast(Table, DeadLetter.__table__)
+tenants_t = cast(Table, Tenant.__table__)
 
 PROBLEM_BASE = "https://leadstream.dev/problems/"
 
