@@ -221,13 +221,8 @@ class Intake:
             errors = exc.errors(include_url=False, include_input=False)
             raise validation_problem(errors, prefix=("body",)) from None
         wait = _wait_seconds(headers.get(b"prefer"), state.settings.max_wait_seconds)
-        envelope = Envelope.model_construct(
-            id=new_event_id(),
-            tenant_id=principal.tenant_id,
-            received_at=datetime.now(UTC),
-            idempotency_key=key,
-            notify=wait is not None,
-            payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
+        envelope = _envelope(
+            event, principal.tenant_id, datetime.now(UTC), key, notify=wait is not None
         )
         queue = queue_for(event.type)
         waiting = state.waiter.register(envelope.id) if wait is not None else None
@@ -240,7 +235,8 @@ class Intake:
             if outcome is not None:
                 await outcome_response(owner, outcome, extra)(scope, receive, send)
                 return
-        await _send_queued(send, owner, extra)
+        extra["Location"] = f"{EVENTS_PATH}/{owner}"
+        await _send_accepted(send, queued_body(owner), extra)
 
     async def _create_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Validate each event on its own and queue the good ones together: 202 with a result
@@ -273,14 +269,7 @@ class Intake:
                 ).errors
                 results.append({"index": index, "status": "rejected", "errors": errors})
                 continue
-            envelope = Envelope.model_construct(
-                id=new_event_id(),
-                tenant_id=principal.tenant_id,
-                received_at=received_at,
-                idempotency_key=None,
-                notify=False,
-                payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
-            )
+            envelope = _envelope(event, principal.tenant_id, received_at, None, notify=False)
             by_queue.setdefault(queue_for(event.type), []).append(envelope)
             results.append({"index": index, "id": str(envelope.id), "status": "queued"})
         if by_queue:
@@ -291,18 +280,7 @@ class Intake:
                 raise _unavailable(exc) from None
             for queue, queued in by_queue.items():
                 _ACCEPTED[queue].inc(len(queued))
-        answer = orjson.dumps({"results": results})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 202,
-                "headers": [
-                    (b"content-type", _JSON),
-                    (b"content-length", str(len(answer)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": answer})
+        await _send_accepted(send, orjson.dumps({"results": results}), {})
 
     def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Principal, IngestState]:
         authorization = headers.get(b"authorization")
@@ -355,17 +333,29 @@ def _unavailable(exc: QueueUnavailableError) -> ProblemError:
     )
 
 
-async def _send_queued(send: Send, event_id: UUID, extra: dict[str, str]) -> None:
+async def _send_accepted(send: Send, body: bytes, extra: dict[str, str]) -> None:
     # The hot answer, written as raw ASGI messages: a Response object costs more than this.
-    body = queued_body(event_id)
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", _JSON),
         (b"content-length", str(len(body)).encode()),
-        (b"location", f"{EVENTS_PATH}/{event_id}".encode()),
         *((name.lower().encode(), value.encode()) for name, value in extra.items()),
     ]
     await send({"type": "http.response.start", "status": 202, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _envelope(
+    event: EventIn, tenant_id: UUID, received_at: datetime, key: str | None, notify: bool
+) -> Envelope:
+    # Every value is already valid: construct without validating again.
+    return Envelope.model_construct(
+        id=new_event_id(),
+        tenant_id=tenant_id,
+        received_at=received_at,
+        idempotency_key=key,
+        notify=notify,
+        payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
+    )
 
 
 def openapi_paths(schemas: dict[str, Any], problems: dict[int | str, Any]) -> dict[str, Any]:

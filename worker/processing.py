@@ -2,6 +2,7 @@
 and publishing the outcomes once committed."""
 
 import asyncio
+import functools
 import random
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -9,6 +10,7 @@ from uuid import UUID
 
 import redis
 import structlog
+from redis.commands.core import Script
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +33,12 @@ _CONTENTION = {"40001", "40P01", "55P03", "23505", "23503"}
 _CONTENTION_ATTEMPTS = 5
 
 _PUBLISH_SCRIPT = files("worker").joinpath("publish_outcomes.lua").read_bytes()
+
+
+@functools.cache
+def _publisher(client: redis.Redis) -> Script:
+    """The script registered once per client (a process has one), not hashed per batch."""
+    return client.register_script(_PUBLISH_SCRIPT)
 
 
 def _sqlstate(exc: DBAPIError) -> str:
@@ -169,6 +177,6 @@ def publish_outcomes(
         return
     try:
         # One script call, not 2-3 commands per event: redis-py's per-command cost dominated.
-        client.register_script(_PUBLISH_SCRIPT)(keys, args)
+        _publisher(client)(keys, args)
     except redis.RedisError as exc:
         raise TransientError(f"redis unavailable for outcomes: {exc!r}") from exc
