@@ -710,35 +710,28 @@ async def end_to_end(s: Stack, results: Results) -> None:
         sustained = burst.db.committed_rate
         if not sustained or sustained != sustained:  # NaN: too few batches to tell
             sustained = burst.db.count / max(burst.seconds, 1e-6)
-        paced_rate = max(50.0, cfg.paced_fraction * sustained)
-        results.phases.append(
-            await run_phase(
-                s,
-                probe,
-                name="paced",
-                source="bench-paced",
-                total=max(1, round(paced_rate * cfg.paced_seconds)),
-                rate=paced_rate,
-            )
-        )
-        if cfg.soak_seconds > 0:
-            # A soak must be sustainable, or it measures an ever-growing backlog. A steady rate
-            # arrives as ~1 event per message, so: half of what 2 pool processes manage at the
-            # per-message cost fitted so far (80% of the paced rate was not sustainable).
-            fit, _ = worker_batches(s.worker.log, 0)
-            one_event_ms = fit.get("fixed_ms", float("nan")) + fit.get("per_event_ms", 0.0)
-            capacity = 2000 / one_event_ms if one_event_ms > 1 else 100.0
-            soak_rate = max(10.0, 0.5 * capacity)
+
+        async def paced(name: str, rate: float, seconds: float) -> None:
             results.phases.append(
                 await run_phase(
                     s,
                     probe,
-                    name="soak",
-                    source="bench-soak",
-                    total=max(1, round(soak_rate * cfg.soak_seconds)),
-                    rate=soak_rate,
+                    name=name,
+                    source=f"bench-{name}",
+                    total=max(1, round(rate * seconds)),
+                    rate=rate,
                 )
             )
+
+        await paced("paced", max(50.0, cfg.paced_fraction * sustained), cfg.paced_seconds)
+        if cfg.soak_seconds > 0:
+            # A soak must be sustainable, or it measures an ever-growing backlog. A slow steady
+            # rate arrives as a few events per message, so: half of what 2 pool processes manage
+            # with one-event messages at the per-message cost fitted so far (conservative).
+            fit, _ = worker_batches(s.worker.log, 0)
+            one_event_ms = fit.get("fixed_ms", float("nan")) + fit.get("per_event_ms", 0.0)
+            capacity = 2000 / one_event_ms if one_event_ms > 1 else 100.0
+            await paced("soak", max(10.0, 0.5 * capacity), cfg.soak_seconds)
         # Anything a phase left undrained (it hit its time bound) gets one more bounded wait.
         last = await probe.sample(time.monotonic())
         deadline = time.monotonic() + cfg.drain_timeout
