@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.responses import Response
 
 from ingest_api.asgi import Receive, Scope, Send
-from shared.schemas import EventIn
+from shared.contract.events import EventIn
 
 app = FastAPI()
 

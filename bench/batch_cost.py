@@ -21,13 +21,12 @@ import redis
 from sqlalchemy import event
 
 from bench.run import REPO, drop_database, flush_redis
-from shared.cli import migrate_database
-from shared.db import create_engine
-from shared.queue import Envelope
-from shared.schemas import EventIn
-from shared.services import start_services
+from ops.local_services import start_services
+from shared.contract.events import EventIn
+from shared.contract.queues import Envelope
+from shared.db.engine import create_engine, migrate_database
+from shared.db.tenants import ensure_tenant
 from shared.settings import Settings
-from shared.tenants import ensure_tenant
 
 _sends = [0]
 _transport: Any = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]

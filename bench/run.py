@@ -34,12 +34,12 @@ from bench import procs, profile
 from bench.limits import pg_copy_sync, redis_lpush
 from bench.load import Burst, LeadLane, LeadResult, WrkResult, run_wrk_fixed, start_burst
 from bench.procs import Child
+from ops.local_services import start_services
 from shared.auth import ALL_SCOPES, mint_token
-from shared.cli import migrate_database
-from shared.queue import ACTIVITY_QUEUE, LEADS_QUEUE
-from shared.services import start_services
+from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE
+from shared.db.engine import migrate_database
+from shared.db.tenants import ensure_tenant
 from shared.settings import Settings
-from shared.tenants import ensure_tenant
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -15,15 +15,15 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ingest_api.auth import TokenVerifier
+from ingest_api.enqueuer import Enqueuer, KombuEnqueuer, RedisEnqueuer
 from ingest_api.intake import Intake, openapi_paths
 from ingest_api.problems import install_problem_handlers
 from ingest_api.routes import events, health, records
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
-from shared.db import create_engine, migration_head
+from shared.contract.problems import Problem
+from shared.db.engine import create_engine, migration_head
 from shared.logging import configure_logging
-from shared.queue import Enqueuer, KombuEnqueuer, RedisEnqueuer
-from shared.schemas import Problem
 from shared.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)

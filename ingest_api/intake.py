@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ingest_api.asgi import ASGIApp, Receive, Scope, Send
 from ingest_api.auth import TokenVerifier, authorize
+from ingest_api.enqueuer import QueueUnavailableError
 from ingest_api.problems import (
     ProblemError,
     problem_error_response,
@@ -30,16 +31,10 @@ from ingest_api.problems import (
 from ingest_api.responses import EVENTS_PATH, outcome_response, queued_body
 from ingest_api.state import IngestState
 from shared.auth import WRITE_SCOPE, Principal
-from shared.ids import new_event_id
-from shared.outcomes import StoredOutcome
-from shared.queue import (
-    ACTIVITY_QUEUE,
-    LEADS_QUEUE,
-    Envelope,
-    QueueUnavailableError,
-    queue_for,
-)
-from shared.schemas import EventIn
+from shared.contract.events import EventIn
+from shared.contract.outcomes import StoredOutcome
+from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE, Envelope, queue_for
+from shared.ids import new_id
 
 log = structlog.get_logger(__name__)
 
@@ -349,7 +344,7 @@ def _envelope(
 ) -> Envelope:
     # Every value is already valid: construct without validating again.
     return Envelope.model_construct(
-        id=new_event_id(),
+        id=new_id(),
         tenant_id=tenant_id,
         received_at=received_at,
         idempotency_key=key,

@@ -9,8 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-PROBLEM_TYPE = "https://leadstream.dev/problems/"
-MEDIA_TYPE = "application/problem+json"
+from shared.contract.problems import MEDIA_TYPE, problem_body
 
 
 class ProblemError(Exception):
@@ -41,17 +40,7 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE + kind if kind else "about:blank",
-        "title": title,
-        "status": status,
-    }
-    if detail:
-        body["detail"] = detail
-    if errors:
-        body["errors"] = errors
-    if extra:
-        body.update(extra)
+    body = problem_body(status, title, detail, kind=kind, errors=errors, extra=extra)
     return Response(orjson.dumps(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 

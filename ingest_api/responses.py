@@ -5,7 +5,7 @@ from uuid import UUID
 import orjson
 from starlette.responses import Response
 
-from shared.outcomes import StoredOutcome
+from shared.contract.outcomes import StoredOutcome
 
 EVENTS_PATH = "/api/partner/events"
 

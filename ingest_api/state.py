@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ingest_api.enqueuer import Enqueuer
 from ingest_api.waiter import OutcomeWaiter
-from shared.queue import Enqueuer
 from shared.settings import Settings
 
 

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from shared.outcomes import OUTCOME_CHANNEL, StoredOutcome, event_key
+from shared.contract.outcomes import OUTCOME_CHANNEL, StoredOutcome, event_key
 
 log = structlog.get_logger(__name__)
 

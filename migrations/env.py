@@ -7,7 +7,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.models import Base
+from shared.db.tables import Base
 from shared.settings import get_settings
 
 target_metadata = Base.metadata

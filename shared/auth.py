@@ -38,10 +38,6 @@ def mint_token(
     return jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
 
 
-def verify_token(settings: Settings, token: str) -> Principal:
-    return verify_token_with_expiry(settings, token)[0]
-
-
 def verify_token_with_expiry(settings: Settings, token: str) -> tuple[Principal, float]:
     """The token's principal and its expiry (Unix time); InvalidTokenError if it is not good."""
     try:

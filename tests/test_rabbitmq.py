@@ -12,11 +12,12 @@ import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.outcomes import OUTCOME_STREAM
-from shared.queue import publish_wires
+from shared.broker.wire import publish_wires
+from shared.contract.outcomes import OUTCOME_STREAM
 from shared.settings import Settings
-from tests.conftest import Tenant, _stop, start_api, start_worker
-from tests.helpers import envelope, totals, wait_outcomes
+from tests.support.messages import envelope, totals, wait_outcomes
+from tests.support.processes import start_api, start_worker, stop
+from tests.support.tenants import Tenant
 
 RABBITMQ_URL = os.environ.get("LEADSTREAM_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -47,8 +48,8 @@ def rabbit_stack(
     worker = start_worker(rabbit_env, logs / "worker.log")
     api = start_api(rabbit_env, logs / "api.log")
     yield api.url
-    _stop(api.process)
-    _stop(worker.process)
+    stop(api.process)
+    stop(worker.process)
 
 
 async def test_events_flow_through_rabbitmq(

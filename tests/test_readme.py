@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.tenants import ensure_tenant
-from tests.conftest import REPO, WorkerProcess
+from shared.db.tenants import ensure_tenant
+from tests.support.processes import REPO, WorkerProcess
 
 
 def walkthrough() -> str:

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from shared.schemas import EventOutcome
+from shared.contract.responses import EventOutcome
 
 WAIT = {"Prefer": "wait=20"}
 

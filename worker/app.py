@@ -17,9 +17,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import create_engine
+from shared.contract.queues import ACTIVITY_QUEUE, kombu_queues
+from shared.db.engine import create_engine
 from shared.logging import configure_logging
-from shared.queue import ACTIVITY_QUEUE, kombu_queues
 from shared.settings import Settings, get_settings
 from worker.errors import TransientError
 

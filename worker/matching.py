@@ -29,19 +29,20 @@ from sqlalchemy import CursorResult, Table, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.identity import company_key, normalize_phone
-from shared.ids import new_event_id
-from shared.locks import event_lock_name, lock_all
-from shared.models import (
+from shared.contract.events import TRUSTED, EmailIn, EventIn, PhoneIn
+from shared.contract.outcomes import StoredOutcome
+from shared.contract.problems import problem_body
+from shared.contract.queues import Envelope
+from shared.db.locks import event_lock_name, lock_all
+from shared.db.reads import load_outcomes
+from shared.db.tables import (
     Company,
     DeadLetter,
     Person,
     Tenant,
 )
-from shared.outcomes import StoredOutcome
-from shared.queue import Envelope
-from shared.repository import load_outcomes
-from shared.schemas import TRUSTED, EmailIn, EventIn, PhoneIn
+from shared.identity import company_key, normalize_phone
+from shared.ids import new_id
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +51,6 @@ people_t = cast(Table, Person.__table__)
 companies_t = cast(Table, Company.__table__)
 dead_t = cast(Table, DeadLetter.__table__)
 tenants_t = cast(Table, Tenant.__table__)
-
-PROBLEM_BASE = "https://leadstream.dev/problems/"
 
 
 class EventFailedError(Exception):
@@ -62,13 +61,13 @@ class EventFailedError(Exception):
         self.reason, self.status, self.title, self.detail = reason, status, title, detail
 
     def problem(self, event_id: UUID) -> dict[str, Any]:
-        return {
-            "type": PROBLEM_BASE + self.reason.replace("_", "-"),
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "eventId": str(event_id),
-        }
+        return problem_body(
+            self.status,
+            self.title,
+            self.detail,
+            kind=self.reason.replace("_", "-"),
+            extra={"eventId": str(event_id)},
+        )
 
 
 @dataclass(frozen=True)
@@ -397,7 +396,7 @@ class Batch:
         if chosen is None:
             if e.person is None or not e.person.has_identity():
                 return None, False, []
-            person = PersonState(id=new_event_id(), tenant_id=t, created_at=self.now, new=True)
+            person = PersonState(id=new_id(), tenant_id=t, created_at=self.now, new=True)
             self.people[person.id] = person
             created = True
         else:
@@ -479,7 +478,7 @@ class Batch:
         else:
             assert data.name is not None and item.company_key is not None
             company = CompanyState(
-                id=new_event_id(),
+                id=new_id(),
                 tenant_id=t,
                 name=" ".join(data.name.split()),
                 name_key=item.company_key,

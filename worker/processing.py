@@ -14,8 +14,8 @@ from redis.commands.core import Script
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.outcomes import OUTCOME_CHANNEL, OUTCOME_STREAM, StoredOutcome, event_key
-from shared.queue import Envelope
+from shared.contract.outcomes import OUTCOME_CHANNEL, OUTCOME_STREAM, StoredOutcome, event_key
+from shared.contract.queues import Envelope
 from shared.settings import Settings
 from worker.errors import TransientError
 from worker.matching import (

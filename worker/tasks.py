@@ -6,7 +6,7 @@ from typing import Any
 import structlog
 from celery import Task
 
-from shared.queue import PROCESS_EVENTS_TASK, Envelope
+from shared.contract.queues import PROCESS_EVENTS_TASK, Envelope
 from worker.app import leadstream_task, runtime
 from worker.errors import TransientError
 from worker.processing import commit_batch, dead_letter_batch, publish_outcomes

@@ -16,9 +16,9 @@ from ingest_api.problems import ProblemError, problem_response
 from ingest_api.responses import EVENTS_PATH, outcome_response
 from ingest_api.state import IngestState
 from shared.auth import READ_SCOPE, Principal
-from shared.outcomes import StoredOutcome, event_key
-from shared.repository import load_outcomes, load_person, load_timeline
-from shared.schemas import Accepted, EventOutcome, Timeline
+from shared.contract.outcomes import StoredOutcome, event_key
+from shared.contract.responses import Accepted, EventOutcome, Timeline
+from shared.db.reads import load_outcomes, load_person, load_timeline
 
 router = APIRouter(prefix=EVENTS_PATH, tags=["events"])
 

@@ -12,10 +12,10 @@ from ingest_api.problems import ProblemError, problem_response
 from ingest_api.routes.events import READ_PROBLEMS
 from ingest_api.state import IngestState
 from shared.auth import READ_SCOPE, Principal
+from shared.contract.responses import CompanyOut, PersonOut
+from shared.db.reads import load_company, load_person
+from shared.db.tenants import tenant_region
 from shared.identity import InvalidIdentityError, check_phone, normalize_email, normalize_phone
-from shared.repository import load_company, load_person
-from shared.schemas import CompanyOut, PersonOut
-from shared.tenants import tenant_region
 
 router = APIRouter(prefix="/api/partner", tags=["records"])
 

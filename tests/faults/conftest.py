@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import BIN, WorkerProcess, _free_port, start_api, start_worker
+from tests.support.processes import BIN, WorkerProcess, free_port, start_api, start_worker
 
 # The shared checks live in a plain module: let pytest explain their failed assertions too.
 pytest.register_assert_rewrite("tests.faults.support")
@@ -134,7 +134,7 @@ class RedisServer:
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(_free_port(), directory)
+    server = RedisServer(free_port(), directory)
     server.start()
     yield server
     server.stop()

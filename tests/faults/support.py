@@ -16,13 +16,13 @@ import redis
 from sqlalchemy import func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.locks import lock_key
-from shared.models import Company, DeadLetter, Event, Person, PersonEmail, PersonPhone
-from shared.outcomes import StoredOutcome
-from shared.queue import Envelope
+from shared.contract.outcomes import StoredOutcome
+from shared.contract.queues import Envelope
+from shared.db.locks import lock_key
+from shared.db.tables import Company, DeadLetter, Event, Person, PersonEmail, PersonPhone
 from shared.settings import Settings
-from tests.conftest import WorkerProcess
-from tests.helpers import envelope, message, wait_outcomes
+from tests.support.messages import envelope, message, wait_outcomes
+from tests.support.processes import WorkerProcess
 
 # Settings for a worker whose lost messages must come back within a test: the app refuses a
 # hard time limit that is not below the visibility timeout.

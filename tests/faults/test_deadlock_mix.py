@@ -17,8 +17,7 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.queue import Envelope
-from tests.conftest import Tenant
+from shared.contract.queues import Envelope
 from tests.faults.conftest import Fleet
 from tests.faults.support import (
     Workload,
@@ -32,7 +31,8 @@ from tests.faults.support import (
     person_event,
     phone,
 )
-from tests.helpers import envelope, push
+from tests.support.messages import envelope, push
+from tests.support.tenants import Tenant
 
 pytestmark = pytest.mark.faults
 

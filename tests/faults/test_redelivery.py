@@ -16,9 +16,8 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.outcomes import event_key, queued_marker
+from shared.contract.outcomes import event_key, queued_marker
 from shared.settings import Settings
-from tests.conftest import Tenant
 from tests.faults.conftest import Fleet
 from tests.faults.support import (
     assert_stored_exactly_once,
@@ -32,6 +31,7 @@ from tests.faults.support import (
     outcomes_of,
     pool_children,
 )
+from tests.support.tenants import Tenant
 
 pytestmark = pytest.mark.faults
 

@@ -20,7 +20,6 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Tenant
 from tests.faults.conftest import Fleet, RedisServer
 from tests.faults.support import (
     burst,
@@ -30,7 +29,8 @@ from tests.faults.support import (
     held_by_workers,
     people_split,
 )
-from tests.helpers import push
+from tests.support.messages import push
+from tests.support.tenants import Tenant
 
 pytestmark = pytest.mark.faults
 

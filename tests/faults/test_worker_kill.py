@@ -31,7 +31,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.settings import Settings
-from tests.conftest import Tenant, WorkerProcess
 from tests.faults.conftest import Fleet
 from tests.faults.support import (
     FAST_REDELIVERY,
@@ -49,7 +48,9 @@ from tests.faults.support import (
     pending,
     pool_children,
 )
-from tests.helpers import push
+from tests.support.messages import push
+from tests.support.processes import WorkerProcess
+from tests.support.tenants import Tenant
 
 pytestmark = pytest.mark.faults
 

@@ -6,9 +6,9 @@ import httpx
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Tenant, wait_for_outcome
-from tests.helpers import totals
-from tests.ingest_api.test_events_api import accepted_count
+from tests.support.http import accepted_count, wait_for_outcome
+from tests.support.messages import totals
+from tests.support.tenants import Tenant
 
 BATCH = "/api/partner/events/batch"
 

@@ -1,26 +1,17 @@
 """The HTTP contract: validation, limits, auth, idempotency, tenant isolation."""
 
 import asyncio
-import re
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.settings import Settings
-from tests.conftest import Tenant, make_tenant, wait_for_outcome
-from tests.helpers import totals
+from tests.support.http import accepted_count, wait_for_outcome
+from tests.support.messages import totals
+from tests.support.tenants import Tenant, make_tenant
 
 EVENTS = "/api/partner/events"
-
-
-async def accepted_count(http: httpx.AsyncClient) -> float:
-    """Events the API process has queued, from its own Prometheus counter."""
-    text = (await http.get("/metrics")).text
-    return sum(
-        float(m.group(1))
-        for m in re.finditer(r"^leadstream_events_accepted_total\{[^}]*\} (\S+)$", text, re.M)
-    )
 
 
 @pytest.mark.parametrize(

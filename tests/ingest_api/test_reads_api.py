@@ -5,7 +5,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import WRITE_SCOPE, mint_token
 from shared.settings import Settings
-from tests.conftest import Tenant, make_tenant, wait_for_outcome
+from tests.support.http import wait_for_outcome
+from tests.support.tenants import Tenant, make_tenant
 
 EVENTS = "/api/partner/events"
 

@@ -5,7 +5,8 @@ import subprocess
 
 import httpx
 
-from tests.conftest import BIN, Tenant
+from tests.support.processes import BIN
+from tests.support.tenants import Tenant
 
 CHECKS = ",".join(
     [

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.models import Event, Person, PersonEmail, PersonPhone
-from shared.outcomes import StoredOutcome
-from shared.queue import Envelope
+from shared.contract.outcomes import StoredOutcome
+from shared.contract.queues import Envelope
+from shared.db.tables import Event, Person, PersonEmail, PersonPhone
 from shared.settings import Settings
-from tests.conftest import Tenant, make_tenant
-from tests.helpers import envelope, totals
+from tests.support.messages import envelope, totals
+from tests.support.tenants import Tenant, make_tenant
 from worker.processing import commit_batch
 
 

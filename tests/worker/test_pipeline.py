@@ -12,11 +12,12 @@ import redis
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.models import Company, DeadLetter, Event, Person, PersonEmail
-from shared.outcomes import event_key
+from shared.contract.outcomes import event_key
+from shared.db.tables import Company, DeadLetter, Event, Person, PersonEmail
 from shared.settings import Settings
-from tests.conftest import BIN, REPO, Tenant, WorkerProcess, _stop, start_worker
-from tests.helpers import envelope, message, push, totals, wait_outcomes
+from tests.support.messages import envelope, message, push, totals, wait_outcomes
+from tests.support.processes import BIN, REPO, WorkerProcess, start_worker, stop
+from tests.support.tenants import Tenant
 
 
 @pytest.fixture
@@ -181,7 +182,7 @@ async def test_person_id_of_another_tenant_is_not_found(
     tenant: Tenant,
     settings: Settings,
 ) -> None:
-    from tests.conftest import make_tenant
+    from tests.support.tenants import make_tenant
 
     other = await make_tenant(engine, settings)
     theirs = envelope(
@@ -290,7 +291,7 @@ async def test_a_transient_failure_that_persists_ends_as_a_dead_letter(
         push(broker, ("leads", message([e])), markers=[e])
         outcome = (await wait_outcomes(broker, [e.id], timeout=60))[e.id]
     finally:
-        _stop(worker.process)
+        stop(worker.process)
         async with engine.begin() as conn:
             await conn.execute(text(f"DROP TRIGGER {marker} ON events"))
             await conn.execute(text(f"DROP FUNCTION {marker}()"))

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.outcomes import StoredOutcome
+from shared.contract.outcomes import StoredOutcome
 
 # Event columns echoed back under their wire names when they are set, in body order.
 _EVENT_FIELDS = {

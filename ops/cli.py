@@ -13,17 +13,17 @@ from uuid import UUID
 
 import redis
 import typer
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from ops.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letters
+from ops.local_services import start_services
 from shared.auth import ALL_SCOPES, mint_token
-from shared.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letters
-from shared.outcomes import event_key, queued_marker
-from shared.queue import Envelope, publish_envelopes
-from shared.services import start_services
+from shared.broker.wire import publish_envelopes
+from shared.contract.outcomes import event_key, queued_marker
+from shared.contract.queues import Envelope
+from shared.db.engine import migrate_database
+from shared.db.tenants import ensure_tenant, find_tenant
 from shared.settings import Settings
-from shared.tenants import ensure_tenant, find_tenant
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TENANT = "demo"
@@ -35,13 +35,6 @@ dlq_app = typer.Typer(
     help="Dead letters: events that could not be processed.", no_args_is_help=True
 )
 app.add_typer(dlq_app, name="dlq")
-
-
-def migrate_database(database_url: str) -> None:
-    config = Config(str(REPO / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO / "migrations"))
-    config.attributes["database_url"] = database_url
-    command.upgrade(config, "head")
 
 
 async def _ensure_tenant(database_url: str, name: str, region: str) -> str:

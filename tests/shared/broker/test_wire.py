@@ -12,13 +12,13 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
-from shared.queue import (
+from ingest_api.enqueuer import RedisEnqueuer
+from shared.broker.wire import celery_task_message
+from shared.contract.queues import (
     ACTIVITY_QUEUE,
     LEADS_QUEUE,
     PROCESS_EVENTS_TASK,
     Envelope,
-    RedisEnqueuer,
-    celery_task_message,
     queue_for,
 )
 from shared.settings import Settings

@@ -7,8 +7,8 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.ids import new_event_id
-from shared.models import Tenant
+from shared.db.tables import Tenant
+from shared.ids import new_id
 
 # DeclarativeBase types __table__ as a FromClause; it is a Table.
 tenants_t = cast(Table, Tenant.__table__)
@@ -18,7 +18,7 @@ async def ensure_tenant(conn: AsyncConnection, *, name: str, default_region: str
     """The id of the tenant called `name`, created if missing (safe to run concurrently)."""
     await conn.execute(
         insert(tenants_t)
-        .values(id=new_event_id(), name=name, default_region=default_region.upper())
+        .values(id=new_id(), name=name, default_region=default_region.upper())
         .on_conflict_do_nothing(index_elements=[tenants_t.c.name])
     )
     tenant_id: UUID = (

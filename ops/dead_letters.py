@@ -8,9 +8,9 @@ from uuid import UUID
 from sqlalchemy import Row, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.locks import event_lock_name, lock_all
-from shared.models import DeadLetter
-from shared.queue import Envelope
+from shared.contract.queues import Envelope
+from shared.db.locks import event_lock_name, lock_all
+from shared.db.tables import DeadLetter
 
 # DeclarativeBase types __table__ as a FromClause; it is a Table.
 dead_t = cast(Table, DeadLetter.__table__)

@@ -9,10 +9,11 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.models import Company, Event, Person, PersonEmail
-from shared.outcomes import StoredOutcome, event_key, queued_marker
-from shared.queue import PROCESS_EVENTS_TASK, Envelope, celery_task_message, queue_for
-from shared.schemas import EventIn
+from shared.broker.wire import celery_task_message
+from shared.contract.events import EventIn
+from shared.contract.outcomes import StoredOutcome, event_key, queued_marker
+from shared.contract.queues import PROCESS_EVENTS_TASK, Envelope, queue_for
+from shared.db.tables import Company, Event, Person, PersonEmail
 
 
 def envelope(tenant_id: uuid.UUID, payload: dict[str, Any], **extra: Any) -> Envelope:

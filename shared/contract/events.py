@@ -1,11 +1,10 @@
-"""The public API contract (camelCase on the wire), shared by the API and the worker.
+"""The event a client sends (camelCase on the wire), as the API and the worker validate it.
 
 The worker validates every envelope's payload with the same models, so a payload the API
 accepted under an older schema and the current code cannot read fails visibly (dead letter).
 """
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import (
@@ -22,21 +21,6 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from shared.identity import check_phone, normalize_email
-
-KNOWN_EVENT_TYPES = frozenset(
-    {
-        "page_view",
-        "property_view",
-        "saved_property",
-        "search",
-        "form_submission",
-        "inquiry",
-        "email_opened",
-        "email_clicked",
-        "appointment_scheduled",
-        "document_downloaded",
-    }
-)
 
 Number = Annotated[int | float, Field(ge=0, le=1e15)]
 Url = Annotated[str, Field(min_length=1, max_length=2048)]
@@ -202,101 +186,3 @@ class EventIn(Contract):
                 "an event needs personId, a person with an e-mail, a phone or a name, or visitorId"
             )
         return self
-
-
-# Responses ---------------------------------------------------------------------------------
-
-
-class Response(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class Accepted(Response):
-    id: UUID
-    status: Literal["queued"] = "queued"
-
-
-class ContactPoint(Response):
-    value: str
-    type: str | None = None
-    is_primary: bool
-
-
-class PersonOut(Response):
-    id: UUID
-    first_name: str | None = None
-    last_name: str | None = None
-    name: str | None = None
-    emails: list[ContactPoint]
-    phones: list[ContactPoint]
-    tags: list[str] = Field(default_factory=list)
-    source: str | None = None
-    stage: str | None = None
-    company_id: UUID | None = None
-    created_at: datetime
-    updated_at: datetime
-
-
-class CompanyOut(Response):
-    id: UUID
-    name: str
-    website: str | None = None
-    industry: str | None = None
-    company_size: str | None = None
-    description: str | None = None
-    created: datetime
-    updated: datetime
-
-
-class EventOut(Response):
-    """The stored event: its ids and times plus the fields that were sent."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
-    id: UUID
-    person_id: UUID | None = None
-    company_id: UUID | None = None
-    event_type: str
-    occurred_at: datetime
-    created_at: datetime
-
-
-class Timeline(Response):
-    """A page of a person's events, newest first; `nextCursor` fetches the next page."""
-
-    events: list[EventOut]
-    next_cursor: str | None
-
-
-class MatchConflict(Response):
-    """The event's identities also belong to other people, who were left untouched."""
-
-    other_person_ids: list[UUID]
-
-
-class EventOutcome(Response):
-    """Sure Send's create-event response (201 when a person or company was created)."""
-
-    event: EventOut
-    person: PersonOut | None = None
-    company: CompanyOut | None = None
-    was_person_created: bool
-    was_company_created: bool | None = None
-    match_conflict: MatchConflict | None = None
-
-
-class ProblemError(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str | None = None
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str | None = None
-    errors: list[ProblemError] | None = None
-    event_id: UUID | None = Field(None, alias="eventId")

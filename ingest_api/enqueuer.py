@@ -1,128 +1,29 @@
-"""The queue contract: task and queue names, the envelope, and the API's enqueue path.
+"""The API's enqueue policy: lanes per queue, linger, deadlines, over a broker write.
 
-The API never imports the worker: it writes ordinary Celery (protocol 2) messages in kombu's
-Redis wire format, so any Celery worker consumes them. A Celery `.delay()` is synchronous and
-was measured at ~750 req/s inside an async handler; here requests that arrive while a write is
-in flight are coalesced, per queue, into one message and one Redis round trip.
+A Celery `.delay()` is synchronous and was measured at ~750 req/s inside an async handler;
+here requests that arrive while a write is in flight are coalesced, per queue, into one
+message and one Redis round trip.
 """
 
 import asyncio
-import base64
 import contextlib
-import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from importlib.resources import files
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import kombu
-import orjson
 import redis.asyncio as aioredis
-from kombu import Queue
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
 from redis.exceptions import RedisError
 
-from shared.outcomes import event_key, idempotency_key, queued_marker
+from shared.broker.wire import publish_wires, task_message
+from shared.contract.outcomes import event_key, idempotency_key, queued_marker
+from shared.contract.queues import ACTIVITY_QUEUE, Envelope
 
-PROCESS_EVENTS_TASK = "leadstream.process_events"
-LEADS_QUEUE = "leads"
-ACTIVITY_QUEUE = "activity"
-# A person is waiting for an agent: these go to `leads`, which workers drain before `activity`.
-LEAD_EVENT_TYPES = frozenset({"form_submission", "inquiry", "appointment_scheduled"})
-
-_ORIGIN = f"leadstream-api@{socket.gethostname()}:{os.getpid()}"
-_ENQUEUE_SCRIPT = files("shared").joinpath("enqueue.lua").read_text()
-_ENQUEUE_KEYED_SCRIPT = files("shared").joinpath("enqueue_keyed.lua").read_text()
-
-
-def queue_for(event_type: str) -> str:
-    return LEADS_QUEUE if event_type in LEAD_EVENT_TYPES else ACTIVITY_QUEUE
-
-
-class Envelope(BaseModel):
-    """What travels on the queue: the validated payload and what the API fixed at ingest."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
-
-    id: UUID
-    tenant_id: UUID
-    received_at: datetime
-    idempotency_key: str | None = None
-    # A caller is waiting (`Prefer: wait`): the worker publishes the outcome on the channel.
-    notify: bool = False
-    payload: dict[str, Any]
-
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
-
-
-def _task_headers(*, task: str, task_id: str, argsrepr: str) -> dict[str, Any]:
-    """Celery protocol-2 task headers."""
-    return {
-        "lang": "py",
-        "task": task,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": argsrepr,
-        "kwargsrepr": "{}",
-        "origin": _ORIGIN,
-        "ignore_result": True,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
-
-
-def _task_body(args: list[Any]) -> list[Any]:
-    return [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-
-
-def celery_task_message(*, task: str, queue: str, args: list[Any], argsrepr: str) -> bytes:
-    """One Celery protocol-2 task message, as kombu's Redis transport stores it."""
-    task_id = str(uuid4())
-    return orjson.dumps(
-        {
-            "body": base64.b64encode(orjson.dumps(_task_body(args))).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": _task_headers(task=task, task_id=task_id, argsrepr=argsrepr),
-            "properties": {
-                "correlation_id": task_id,
-                "reply_to": "",
-                "delivery_mode": 2,
-                # The anonymous exchange: kombu restores an unacked message to `routing_key`.
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid4()),
-            },
-        }
-    )
-
-
-def publish_envelopes(broker_url: str, envelopes: list[Envelope]) -> None:
-    """Queue envelopes from synchronous code (the CLI) through kombu, on any Celery broker."""
-    by_queue: dict[str, list[dict[str, Any]]] = {}
-    for envelope in envelopes:
-        by_queue.setdefault(queue_for(str(envelope.payload.get("type"))), []).append(
-            envelope.to_wire()
-        )
-    with kombu.Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
-        for queue, wires in by_queue.items():
-            publish_wires(connection, queue, [wires])
+_ENQUEUE_SCRIPT = files("shared.broker").joinpath("enqueue.lua").read_text()
+_ENQUEUE_KEYED_SCRIPT = files("shared.broker").joinpath("enqueue_keyed.lua").read_text()
 
 
 class QueueUnavailableError(Exception):
@@ -245,12 +146,6 @@ class Enqueuer:
         raise NotImplementedError
 
 
-def _message(queue: str, chunk: list[dict[str, Any]]) -> bytes:
-    return celery_task_message(
-        task=PROCESS_EVENTS_TASK, queue=queue, args=[chunk], argsrepr=f"[<{len(chunk)} envelopes>]"
-    )
-
-
 class RedisEnqueuer(Enqueuer):
     """Redis broker: markers and Celery messages in one atomic Lua call."""
 
@@ -264,7 +159,7 @@ class RedisEnqueuer(Enqueuer):
         for queue, queued in by_queue.items():
             for chunk in self._chunks(queued):
                 queues.append(queue)
-                messages.append(_message(queue, chunk))
+                messages.append(task_message(queue, chunk))
             envelopes += queued
         written = await self._script(
             keys=[*queues, *(event_key(e.id) for e in envelopes)],
@@ -290,7 +185,7 @@ class RedisEnqueuer(Enqueuer):
                     args=[
                         self._marker_ttl,
                         int(deadline * 1000),
-                        _message(queue, self._chunks([envelope])[0]),
+                        task_message(queue, self._chunks([envelope])[0]),
                         queued_marker(envelope.tenant_id),
                         str(envelope.id),
                         key_ttl,
@@ -358,38 +253,3 @@ class KombuEnqueuer(Enqueuer):
         await super().close()
         self._thread.shutdown(wait=True)
         self._connection.release()
-
-
-def publish_wires(
-    connection: kombu.Connection, queue: str, chunks: list[list[dict[str, Any]]]
-) -> None:
-    """Publish one Celery task message per chunk of envelopes, declaring the queue first."""
-    producer = connection.Producer(serializer="json")
-    declaration = next(q for q in kombu_queues(connection.transport_cls) if q.name == queue)
-    for chunk in chunks:
-        task_id = str(uuid4())
-        producer.publish(
-            _task_body([chunk]),
-            exchange="",
-            routing_key=queue,
-            headers=_task_headers(
-                task=PROCESS_EVENTS_TASK, task_id=task_id, argsrepr=f"[<{len(chunk)}>]"
-            ),
-            correlation_id=task_id,
-            delivery_mode=2,
-            declare=[declaration],
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.1},
-        )
-
-
-def kombu_queues(transport: object) -> tuple[Queue, Queue]:
-    """The two queues, as both the worker and publishers declare them.
-
-    On RabbitMQ they are quorum queues (replicated, durable); Redis has no such notion.
-    """
-    arguments = {} if str(transport).startswith("redis") else {"x-queue-type": "quorum"}
-    return (
-        Queue(LEADS_QUEUE, routing_key=LEADS_QUEUE, queue_arguments=arguments),
-        Queue(ACTIVITY_QUEUE, routing_key=ACTIVITY_QUEUE, queue_arguments=arguments),
-    )

@@ -10,7 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.services import start_services
+from ops.local_services import start_services
 
 
 def _dsn(database_url: str) -> str:

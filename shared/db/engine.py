@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -31,9 +33,18 @@ def create_engine(
     )
 
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+_REPO = Path(__file__).resolve().parents[2]
+MIGRATIONS_DIR = _REPO / "migrations"
 
 
 def migration_head() -> str | None:
     """The newest Alembic revision this code expects."""
     return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def migrate_database(database_url: str) -> None:
+    """Upgrade the database to MIGRATIONS_DIR's head (idempotent)."""
+    config = Config(str(_REPO / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = database_url
+    command.upgrade(config, "head")

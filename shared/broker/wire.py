@@ -1,0 +1,118 @@
+"""How a Celery task message is written: the only place that builds one.
+
+The API never imports the worker: it writes ordinary Celery (protocol 2) messages, in kombu's
+Redis wire format for the Redis broker or through kombu for any other, so any Celery worker
+consumes them.
+"""
+
+import base64
+import os
+import socket
+from typing import Any
+from uuid import uuid4
+
+import kombu
+import orjson
+
+from shared.contract.queues import PROCESS_EVENTS_TASK, Envelope, kombu_queues, queue_for
+
+_ORIGIN = f"leadstream-api@{socket.gethostname()}:{os.getpid()}"
+
+
+def _task_headers(*, task: str, task_id: str, argsrepr: str) -> dict[str, Any]:
+    """Celery protocol-2 task headers."""
+    return {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": argsrepr,
+        "kwargsrepr": "{}",
+        "origin": _ORIGIN,
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+
+
+def _task_body(args: list[Any]) -> list[Any]:
+    return [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+
+
+def celery_task_message(*, task: str, queue: str, args: list[Any], argsrepr: str) -> bytes:
+    """One Celery protocol-2 task message, as kombu's Redis transport stores it."""
+    task_id = str(uuid4())
+    return orjson.dumps(
+        {
+            "body": base64.b64encode(orjson.dumps(_task_body(args))).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": _task_headers(task=task, task_id=task_id, argsrepr=argsrepr),
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                # The anonymous exchange: kombu restores an unacked message to `routing_key`.
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid4()),
+            },
+        }
+    )
+
+
+def publish_envelopes(broker_url: str, envelopes: list[Envelope]) -> None:
+    """Queue envelopes from synchronous code (the CLI) through kombu, on any Celery broker."""
+    by_queue: dict[str, list[dict[str, Any]]] = {}
+    for envelope in envelopes:
+        by_queue.setdefault(queue_for(str(envelope.payload.get("type"))), []).append(
+            envelope.to_wire()
+        )
+    with kombu.Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+        for queue, wires in by_queue.items():
+            publish_wires(connection, queue, [wires])
+
+
+def task_message(queue: str, chunk: list[dict[str, Any]]) -> bytes:
+    """The raw Redis message that asks a worker to process one chunk of envelopes."""
+    return celery_task_message(
+        task=PROCESS_EVENTS_TASK, queue=queue, args=[chunk], argsrepr=_argsrepr(chunk)
+    )
+
+
+def _argsrepr(chunk: list[dict[str, Any]]) -> str:
+    # What Flower shows as the task's arguments: a count, never the events themselves.
+    return f"[<{len(chunk)} envelopes>]"
+
+
+def publish_wires(
+    connection: kombu.Connection, queue: str, chunks: list[list[dict[str, Any]]]
+) -> None:
+    """Publish one Celery task message per chunk of envelopes, declaring the queue first."""
+    producer = connection.Producer(serializer="json")
+    declaration = next(q for q in kombu_queues(connection.transport_cls) if q.name == queue)
+    for chunk in chunks:
+        task_id = str(uuid4())
+        producer.publish(
+            _task_body([chunk]),
+            exchange="",
+            routing_key=queue,
+            headers=_task_headers(
+                task=PROCESS_EVENTS_TASK, task_id=task_id, argsrepr=_argsrepr(chunk)
+            ),
+            correlation_id=task_id,
+            delivery_mode=2,
+            declare=[declaration],
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.1},
+        )

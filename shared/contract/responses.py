@@ -1,0 +1,86 @@
+"""What the API answers and the worker stores as an outcome (camelCase on the wire)."""
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class Accepted(ResponseModel):
+    id: UUID
+    status: Literal["queued"] = "queued"
+
+
+class ContactPoint(ResponseModel):
+    value: str
+    type: str | None = None
+    is_primary: bool
+
+
+class PersonOut(ResponseModel):
+    id: UUID
+    first_name: str | None = None
+    last_name: str | None = None
+    name: str | None = None
+    emails: list[ContactPoint]
+    phones: list[ContactPoint]
+    tags: list[str] = Field(default_factory=list)
+    source: str | None = None
+    stage: str | None = None
+    company_id: UUID | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class CompanyOut(ResponseModel):
+    id: UUID
+    name: str
+    website: str | None = None
+    industry: str | None = None
+    company_size: str | None = None
+    description: str | None = None
+    created: datetime
+    updated: datetime
+
+
+class EventOut(ResponseModel):
+    """The stored event: its ids and times plus the fields that were sent."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    id: UUID
+    person_id: UUID | None = None
+    company_id: UUID | None = None
+    event_type: str
+    occurred_at: datetime
+    created_at: datetime
+
+
+class Timeline(ResponseModel):
+    """A page of a person's events, newest first; `nextCursor` fetches the next page."""
+
+    events: list[EventOut]
+    next_cursor: str | None
+
+
+class MatchConflict(ResponseModel):
+    """The event's identities also belong to other people, who were left untouched."""
+
+    other_person_ids: list[UUID]
+
+
+class EventOutcome(ResponseModel):
+    """Sure Send's create-event response (201 when a person or company was created)."""
+
+    event: EventOut
+    person: PersonOut | None = None
+    company: CompanyOut | None = None
+    was_person_created: bool
+    was_company_created: bool | None = None
+    match_conflict: MatchConflict | None = None
