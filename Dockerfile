@@ -4,6 +4,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY shared ./shared
 COPY ingest_api ./ingest_api
 COPY worker ./worker
+COPY ops ./ops
 COPY migrations ./migrations
 RUN pip install --no-cache-dir -e . && useradd --system leadstream
 USER leadstream

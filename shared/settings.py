@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-change-me-leadstream-secret-32b"  # noqa: S105 - refused when env=prod
@@ -51,6 +51,15 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str) -> str:
+        """Accept PostgreSQL URLs as people write them; both processes use the asyncpg driver."""
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme in {"postgres", "postgresql"}:
+            return f"postgresql+asyncpg://{rest}"
+        return value
 
     @property
     def celery_broker_url(self) -> str:
