@@ -27,6 +27,11 @@ class Principal:
 def mint_token(
     settings: Settings, *, tenant_id: UUID, scopes: tuple[str, ...], ttl_seconds: int
 ) -> str:
+    if not 0 < ttl_seconds <= settings.token_max_ttl_seconds:
+        raise ValueError(
+            f"a token's lifetime must be 1 to {settings.token_max_ttl_seconds} seconds"
+            " (LEADSTREAM_TOKEN_MAX_TTL_SECONDS)"
+        )
     now = int(time.time())
     claims = {
         "iss": _ISSUER,
@@ -47,9 +52,11 @@ def verify_token_with_expiry(settings: Settings, token: str) -> tuple[Principal,
             settings.jwt_secret,
             algorithms=[settings.jwt_algorithm],
             issuer=_ISSUER,
-            options={"require": ["exp", "tid", "iss"]},
+            options={"require": ["exp", "iat", "tid", "iss"]},
         )
         tenant_id = UUID(str(claims["tid"]))
+        if float(claims["exp"]) - float(claims["iat"]) > settings.token_max_ttl_seconds:
+            raise ValueError("the token's lifetime is over LEADSTREAM_TOKEN_MAX_TTL_SECONDS")
     except (jwt.PyJWTError, ValueError) as exc:
         raise InvalidTokenError(str(exc)) from None
     scopes = frozenset(str(claims.get("scope", "")).split())

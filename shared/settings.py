@@ -1,12 +1,15 @@
 """The one settings object, read from `LEADSTREAM_*` environment variables (see README)."""
 
+import os
+import secrets
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_JWT_SECRET = "dev-only-change-me-leadstream-secret-32b"  # noqa: S105 - refused when env=prod
+MIN_SECRET_BYTES = 32  # HS256's own key size: shorter secrets can be brute-forced offline
 
 
 class Settings(BaseSettings):
@@ -18,8 +21,13 @@ class Settings(BaseSettings):
     # Celery's broker; empty means redis_url. An amqp:// URL moves the queues to RabbitMQ.
     broker_url: str = ""
 
-    jwt_secret: str = DEV_JWT_SECRET
+    # Local state of `make run` and the CLI: embedded servers' data, the generated JWT secret.
+    data_dir: Path = Path(__file__).resolve().parents[1] / ".data"
+    # Empty: outside prod, a random secret generated once and kept in data_dir (mode 0600).
+    jwt_secret: str = Field("", repr=False)
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    # No token lives longer than this: a leaked one stops working by itself.
+    token_max_ttl_seconds: int = Field(90 * 24 * 3600, gt=0)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -61,6 +69,18 @@ class Settings(BaseSettings):
             return f"postgresql+asyncpg://{rest}"
         return value
 
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        if not self.jwt_secret:
+            if self.env == "prod":
+                raise ValueError(
+                    f"LEADSTREAM_JWT_SECRET must be set in production ({MIN_SECRET_BYTES}+ bytes)"
+                )
+            self.jwt_secret = local_secret(self.data_dir / "jwt-secret")
+        if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"LEADSTREAM_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        return self
+
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or self.redis_url
@@ -70,9 +90,26 @@ class Settings(BaseSettings):
         return self.celery_broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
 
 
+def local_secret(path: Path) -> str:
+    """The secret kept at `path`, made on first use; processes racing to make it agree."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48))
+    try:
+        os.link(draft, path)  # atomic, and never over a secret another process made first
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return path.read_text().strip()
+
+
 @lru_cache
 def get_settings() -> Settings:
-    settings = Settings()
-    if settings.env == "prod" and settings.jwt_secret == DEV_JWT_SECRET:
-        raise RuntimeError("LEADSTREAM_JWT_SECRET must be set in production")
-    return settings
+    return Settings()

@@ -1,8 +1,13 @@
-"""Settings accept the database URLs people write."""
+"""Settings: database URLs as people write them, and a JWT secret nobody can guess."""
+
+import stat
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from shared.settings import Settings
+from shared.settings import MIN_SECRET_BYTES, Settings, local_secret
 
 
 @pytest.mark.parametrize(
@@ -23,3 +28,36 @@ def test_database_urls_as_people_write_them_use_asyncpg(given: str, used: str) -
 def test_the_environment_variable_is_normalised_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEADSTREAM_DATABASE_URL", "postgres://postgres@127.0.0.1/leadstream")
     assert Settings().database_url == "postgresql+asyncpg://postgres@127.0.0.1/leadstream"
+
+
+def test_without_a_configured_secret_one_is_generated_once_and_kept_private(
+    tmp_path: Path,
+) -> None:
+    first = Settings(data_dir=tmp_path)
+    again = Settings(data_dir=tmp_path)
+    kept = tmp_path / "jwt-secret"
+    assert first.jwt_secret == again.jwt_secret == kept.read_text()
+    assert len(first.jwt_secret.encode()) >= MIN_SECRET_BYTES
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert Settings(data_dir=tmp_path / "elsewhere").jwt_secret != first.jwt_secret
+
+
+def test_racing_processes_agree_on_the_generated_secret(tmp_path: Path) -> None:
+    with ProcessPoolExecutor(4) as pool:
+        secrets = set(pool.map(local_secret, [tmp_path / "jwt-secret"] * 8))
+    assert len(secrets) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["jwt-secret"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"jwt_secret": "short"}, "at least 32 bytes"),
+        ({"env": "prod"}, "must be set in production"),
+    ],
+)
+def test_weak_or_missing_production_secrets_are_refused(
+    tmp_path: Path, options: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(data_dir=tmp_path, **options)
