@@ -1,6 +1,6 @@
 """`leadstream migrate` run twice at once (the Procfile's release beside `leadstream run`)."""
 
-import subprocess
+import asyncio
 import sys
 import uuid
 
@@ -28,13 +28,13 @@ async def test_two_concurrent_migrations_of_a_fresh_database_both_succeed(
     await admin.dispose()
     try:
         runs = [
-            subprocess.Popen(  # noqa: S603 - our own interpreter
-                [sys.executable, "-c", MIGRATE, url], cwd=REPO, stderr=subprocess.PIPE
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", MIGRATE, url, cwd=REPO, stderr=asyncio.subprocess.PIPE
             )
             for _ in range(2)
         ]
-        errors = [run.communicate(timeout=120)[1].decode() for run in runs]
-        assert [run.returncode for run in runs] == [0, 0], errors
+        errors = await asyncio.wait_for(asyncio.gather(*(r.communicate() for r in runs)), 120)
+        assert [run.returncode for run in runs] == [0, 0], [e.decode() for _, e in errors]
         engine = create_async_engine(url, poolclass=NullPool)
         async with engine.connect() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()

@@ -17,7 +17,7 @@ def test_the_procfile_worker_takes_leads_before_activity() -> None:
 
 
 def test_stop_ends_a_process_that_ignores_sigterm() -> None:
-    stubborn = subprocess.Popen(  # noqa: S603
+    stubborn = subprocess.Popen(
         [
             sys.executable,
             "-c",
