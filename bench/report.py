@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bench.profile import Role
-    from bench.run import PhaseResult, Results
+    from bench.results import PhaseResult, Results
 
 MB = 1024 * 1024
 
@@ -90,26 +90,25 @@ def _cpu_per_event(phase: "PhaseResult") -> list[str]:
 
 
 def markdown(results: "Results") -> str:
+    """The report: every section of BENCHMARKS.md, in order."""
+    return "\n".join(
+        [
+            *_intro(results),
+            *_machine(results),
+            *_figures(results),
+            *_phases(results),
+            *_cpu_sections(results),
+            *_profile_sections(results),
+            *_steps_and_reproduce(results),
+        ]
+    )
+
+
+def _intro(results: "Results") -> list[str]:
     cfg = results.config
-    bare, bare_asgi, ingest = results.bare, results.bare_asgi, results.ingest
-    batched = results.ingest_batch
-    assert bare is not None and bare_asgi is not None and ingest is not None
-    assert batched is not None
-    phases = {p.name: p for p in results.phases}
-    burst, paced = phases["burst"], phases["paced"]
-    m = results.machine
-    plot = os.path.relpath(cfg.plot_path, cfg.out.parent)
     when = datetime.fromtimestamp(results.started, UTC).strftime("%Y-%m-%d %H:%M UTC")
     minutes = (results.finished - results.started) / 60
-    lat = lead_latencies(burst)
-    leftovers = results.reference_leftovers
-    lead_p50, lead_p99 = _q(lat, 0.5), _q(lat, 0.99)
-    statuses = Counter(r.status for r in burst.leads)
-    e2e = burst.db.committed_rate
-    ingest_ok = ingest.rps >= 0.8 * bare.rps and ingest.p99_ms <= 25
-    mem = results.memory
-
-    lines = [
+    return [
         "# Benchmarks",
         "",
         f"Measured {when} with `{cfg.command}` ({minutes:.1f} min"
@@ -119,6 +118,12 @@ def markdown(results: "Results") -> str:
         "servers share the cores, as in `../shared/reference/measured-here.md`, whose runs "
         "varied by ±10-30%: read the figures as that, not as SLOs.",
         "",
+    ]
+
+
+def _machine(results: "Results") -> list[str]:
+    m = results.machine
+    return [
         "## Machine",
         "",
         f"- CPU: {m['cpu']}, {m['memory']} RAM, {m['os']}",
@@ -130,10 +135,52 @@ def markdown(results: "Results") -> str:
         f"{results.busy_before:.2f} (anything else running skews every figure; see *other* "
         "below)",
         "",
+    ]
+
+
+def _figures(results: "Results") -> list[str]:
+    cfg = results.config
+    bare = results.bare
+    assert bare is not None
+    plot = os.path.relpath(cfg.plot_path, cfg.out.parent)
+    return [
         "## Figures",
         "",
         "| # | figure | measured | limit it is compared with | ratio | issue 3 goal |",
         "|---|---|---|---|---|---|",
+        *_reference_rows(results),
+        *_end_to_end_rows(results),
+        "",
+        "Definitions. *Accepted*: the API's `leadstream_events_accepted_total` (202s; the "
+        "client's own count agrees, below). *Committed*: rows in `events`. `created_at` is the "
+        "time the worker's batch transaction began, so the lag excludes that batch's own commit "
+        "(tens of ms). Sustained committed rate: 80% of the burst's events divided by the time "
+        "between the 10th and 90th percentile of their `created_at` (start-up and tail excluded).",
+        "",
+        f"wrk is a closed loop: each of its {cfg.connections} connections waits for an answer "
+        f"before sending again, so mean latency = {cfg.connections} / throughput. A p99 of 25 ms "
+        f"therefore needs at least {cfg.connections / 0.025:,.0f} req/s at saturation"
+        + (
+            f", more than (a) itself managed here ({_n(bare.rps)} req/s, mean ≈ "
+            f"{1000 * cfg.connections / bare.rps:.0f} ms)."
+            if bare.rps < cfg.connections / 0.025
+            else "."
+        ),
+        "",
+        f"![accepted/s, committed/s, queue depth, lead latency, RSS]({plot})",
+        "",
+    ]
+
+
+def _reference_rows(results: "Results") -> list[str]:
+    """Figures a-d: the limits, and the API with no worker."""
+    cfg = results.config
+    bare, bare_asgi, ingest = results.bare, results.bare_asgi, results.ingest
+    batched = results.ingest_batch
+    assert bare is not None and bare_asgi is not None and ingest is not None
+    assert batched is not None
+    ingest_ok = ingest.rps >= 0.8 * bare.rps and ingest.p99_ms <= 25
+    return [
         f"| a | bare FastAPI, same `EventIn` body → 202 (1 uvicorn worker, wrk "
         f"-t{cfg.threads} -c{cfg.connections}, {cfg.ref_seconds:.0f} s) | "
         f"{_n(bare.rps)} req/s, p50 {bare.p50_ms:.1f} ms, p99 {bare.p99_ms:.1f} ms | - | - | - |",
@@ -157,6 +204,23 @@ def markdown(results: "Results") -> str:
         f"({cfg.lpush_messages:,} msgs) | {_n(results.lpush_rate)} msg/s | - | - | - |",
         f"| d | PostgreSQL COPY (asyncpg `copy_records_to_table`, {cfg.copy_rows:,} rows "
         f"with a ~0.4 KB jsonb) | {_n(results.copy_rate)} rows/s | - | - | - |",
+    ]
+
+
+def _end_to_end_rows(results: "Results") -> list[str]:
+    """Figures e-l (m with a soak): the API and the worker together."""
+    cfg = results.config
+    ingest = results.ingest
+    assert ingest is not None
+    phases = {p.name: p for p in results.phases}
+    burst, paced = phases["burst"], phases["paced"]
+    lat = lead_latencies(burst)
+    leftovers = results.reference_leftovers
+    lead_p50, lead_p99 = _q(lat, 0.5), _q(lat, 0.99)
+    statuses = Counter(r.status for r in burst.leads)
+    e2e = burst.db.committed_rate
+    mem = results.memory
+    return [
         f"| e | end to end, {burst.db.count:,}-page-view burst: API accepted "
         f"(first→last received_at) | {_n(burst.db.ingest_rate)} events/s | (b) "
         f"{_n(ingest.rps)} req/s | {_ratio(burst.db.ingest_rate, ingest.rps)} | - |",
@@ -194,25 +258,11 @@ def markdown(results: "Results") -> str:
         f"{f' ({leftovers} rows from (b))' if leftovers else ''}"
         " | - | - | "
         f"equal: {_mark(results.accepted_total == results.committed_total)} |",
-        "",
-        "Definitions. *Accepted*: the API's `leadstream_events_accepted_total` (202s; the "
-        "client's own count agrees, below). *Committed*: rows in `events`. `created_at` is the "
-        "time the worker's batch transaction began, so the lag excludes that batch's own commit "
-        "(tens of ms). Sustained committed rate: 80% of the burst's events divided by the time "
-        "between the 10th and 90th percentile of their `created_at` (start-up and tail excluded).",
-        "",
-        f"wrk is a closed loop: each of its {cfg.connections} connections waits for an answer "
-        f"before sending again, so mean latency = {cfg.connections} / throughput. A p99 of 25 ms "
-        f"therefore needs at least {cfg.connections / 0.025:,.0f} req/s at saturation"
-        + (
-            f", more than (a) itself managed here ({_n(bare.rps)} req/s, mean ≈ "
-            f"{1000 * cfg.connections / bare.rps:.0f} ms)."
-            if bare.rps < cfg.connections / 0.025
-            else "."
-        ),
-        "",
-        f"![accepted/s, committed/s, queue depth, lead latency, RSS]({plot})",
-        "",
+    ]
+
+
+def _phases(results: "Results") -> list[str]:
+    lines = [
         "## Phases",
         "",
         "| phase | offered | client sent / 202 | client p50 / p99 | wall | drained | committed/s "
@@ -233,6 +283,12 @@ def markdown(results: "Results") -> str:
             f"{w['p50_us'] / 1000:.1f} / {w['p99_us'] / 1000:.1f} ms | {phase.seconds:.1f} s | "
             f"{phase.drained} | {_n(phase.drain_rate)} | {batch_text} |"
         )
+    return lines
+
+
+def _cpu_sections(results: "Results") -> list[str]:
+    burst = next(p for p in results.phases if p.name == "burst")
+    lines: list[str] = []
     lines += [
         "",
         "## Where the CPU went (per phase: CPU seconds, and cores busy on average)",
@@ -276,7 +332,12 @@ def markdown(results: "Results") -> str:
             "for company, until `LEADSTREAM_ENQUEUE_ACTIVITY_FLUSH_EVENTS` share a message.",
             "",
         ]
-    lines += _profile_sections(results)
+    return lines
+
+
+def _steps_and_reproduce(results: "Results") -> list[str]:
+    cfg = results.config
+    lines: list[str] = []
     lines += [
         "## Steps (wall seconds)",
         "",
@@ -300,7 +361,7 @@ def markdown(results: "Results") -> str:
         "worker --queues leads,activity --concurrency 2`, and wrk with `bench/lua/*.lua`.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _slope_mb_per_min(times: list[float], values: list[int]) -> float:
