@@ -23,7 +23,8 @@ from typing import Any
 from bench import procs
 from bench.limits import pg_copy_sync, redis_lpush
 from bench.phases import end_to_end, reference
-from bench.report import write_report
+from bench.plot import plot
+from bench.report import markdown
 from bench.results import Config, Results, log
 from bench.stack import (
     REPO,
@@ -160,7 +161,8 @@ def run(config: Config) -> Results:
         results.load_after = os.getloadavg()
         results.finished = time.time()
 
-        write_report(results)
+        plot(results, config.plot_path)
+        config.out.write_text(markdown(results))
         log(f"wrote {config.out} and {config.plot_path}")
         ok = True
     return results
