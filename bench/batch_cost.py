@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from sqlalchemy import event
 
-from bench.run import REPO, drop_database, flush_redis
+from bench.stack import REPO, drop_database, flush_redis
 from ops.local_services import start_services
 from shared.contract.events import EventIn
 from shared.contract.queues import Envelope

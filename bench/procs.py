@@ -5,12 +5,11 @@ and a Ctrl-C in the terminal reaches only the bench, which then stops them in or
 """
 
 import os
-import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ops import processes
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -37,54 +36,19 @@ class Child:
 
 
 def spawn(name: str, argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> Child:
-    with log.open("wb") as handle:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return Child(name, proc, log)
+    """Start `argv` in a session of its own (see the module's docstring)."""
+    return Child(name, processes.start(argv, env=env, cwd=cwd, log=log, new_session=True), log)
 
 
 def stop(child: Child, timeout: float = 20.0) -> None:
     """SIGTERM the child's process group, SIGKILL it if it lingers; safe to call twice."""
-    if child.proc.returncode is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(child.pid, sig)  # the group id is our child's pid: only what we started
-        except ProcessLookupError:
-            break
-        try:
-            child.proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    if child.proc.returncode is None:
-        child.proc.wait(timeout=5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    processes.stop(child.proc, timeout=timeout)
 
 
 def wait_for_port(child: Child, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            pass
-        if not child.alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"{child.name} did not listen on {port}:\n{child.tail()}")
-        time.sleep(0.05)
+    processes.wait_until(
+        processes.listening(port), child.proc, child.log, timeout=timeout, what=child.name
+    )
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -1,21 +1,20 @@
-"""BENCHMARKS.md and its plot, from a run's Results."""
+"""BENCHMARKS.md from a run's Results (its figure: bench/plot.py)."""
 
-import itertools
 import math
 import os
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.report_cpu import cpu_sections, profile_sections
+
 if TYPE_CHECKING:
-    from bench.profile import Role
-    from bench.run import PhaseResult, Results
+    from bench.results import PhaseResult, Results
 
 MB = 1024 * 1024
 
 
-def _q(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     """Nearest-rank quantile; NaN for no values."""
     ordered = sorted(v for v in values if not math.isnan(v))
     if not ordered:
@@ -44,72 +43,26 @@ def lead_latencies(phase: "PhaseResult") -> list[float]:
     return [r.latency for r in phase.leads if r.status in (200, 201)]
 
 
-_KNOWN = ("api", "consumer", "pool", "postgres", "redis", "wrk", "bench")
-_LABELS = {"consumer": "worker: Celery consumer", "pool": "worker: 2 pool processes"}
-
-
-def _other(phase: "PhaseResult") -> float:
-    """CPU seconds the box spent on anything the bench did not start (or py-spy)."""
-    return max(0.0, phase.cpu["machine_busy"] - sum(phase.cpu[k] for k in _KNOWN))
-
-
-def _cpu_table(phases: "list[PhaseResult]") -> list[str]:
-    header = "| process | " + " | ".join(f"{p.name}: CPU s (cores)" for p in phases) + " |"
-    rows = [header, "|---|" + "---|" * len(phases)]
-    for name in (*_KNOWN, "other", "idle"):
-        cells = []
-        for phase in phases:
-            cpu = phase.cpu
-            seconds = (
-                _other(phase)
-                if name == "other"
-                else cpu["machine_total"] - cpu["machine_busy"]
-                if name == "idle"
-                else cpu[name]
-            )
-            cells.append(f"{seconds:.1f} ({seconds / phase.seconds:.2f})")
-        rows.append(f"| {_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def _cpu_per_event(phase: "PhaseResult") -> list[str]:
-    """CPU per committed event, and the rate the box's cores allow at that cost."""
-    events = max(phase.db.count, 1)
-    per = {name: 1000 * phase.cpu[name] / events for name in _KNOWN if name != "bench"}
-    total = sum(per.values())
-    cores = os.cpu_count() or 1
-    parts = ", ".join(f"{_LABELS.get(k, k)} {v:.2f}" for k, v in per.items())
-    return [
-        f"CPU per event in the {phase.name} ({events:,} events): {parts}; **total "
-        f"{total:.2f} ms**. At that cost {cores} cores allow at most ≈ "
-        f"**{1000 * cores / total:,.0f} events/s** end to end, with nothing else running; "
-        f"3,000 events/s would need ≈ {3 * total:.1f} cores. The API alone needs "
-        f"{3 * per['api']:.1f} cores for 3,000 single-event POSTs/s.",
-        "",
-    ]
-
-
 def markdown(results: "Results") -> str:
+    """The report: every section of BENCHMARKS.md, in order."""
+    return "\n".join(
+        [
+            *_intro(results),
+            *_machine(results),
+            *_figures(results),
+            *_phases(results),
+            *cpu_sections(results),
+            *profile_sections(results),
+            *_steps_and_reproduce(results),
+        ]
+    )
+
+
+def _intro(results: "Results") -> list[str]:
     cfg = results.config
-    bare, bare_asgi, ingest = results.bare, results.bare_asgi, results.ingest
-    batched = results.ingest_batch
-    assert bare is not None and bare_asgi is not None and ingest is not None
-    assert batched is not None
-    phases = {p.name: p for p in results.phases}
-    burst, paced = phases["burst"], phases["paced"]
-    m = results.machine
-    plot = os.path.relpath(cfg.plot_path, cfg.out.parent)
     when = datetime.fromtimestamp(results.started, UTC).strftime("%Y-%m-%d %H:%M UTC")
     minutes = (results.finished - results.started) / 60
-    lat = lead_latencies(burst)
-    leftovers = results.reference_leftovers
-    lead_p50, lead_p99 = _q(lat, 0.5), _q(lat, 0.99)
-    statuses = Counter(r.status for r in burst.leads)
-    e2e = burst.db.committed_rate
-    ingest_ok = ingest.rps >= 0.8 * bare.rps and ingest.p99_ms <= 25
-    mem = results.memory
-
-    lines = [
+    return [
         "# Benchmarks",
         "",
         f"Measured {when} with `{cfg.command}` ({minutes:.1f} min"
@@ -119,6 +72,12 @@ def markdown(results: "Results") -> str:
         "servers share the cores, as in `../shared/reference/measured-here.md`, whose runs "
         "varied by ±10-30%: read the figures as that, not as SLOs.",
         "",
+    ]
+
+
+def _machine(results: "Results") -> list[str]:
+    m = results.machine
+    return [
         "## Machine",
         "",
         f"- CPU: {m['cpu']}, {m['memory']} RAM, {m['os']}",
@@ -130,10 +89,52 @@ def markdown(results: "Results") -> str:
         f"{results.busy_before:.2f} (anything else running skews every figure; see *other* "
         "below)",
         "",
+    ]
+
+
+def _figures(results: "Results") -> list[str]:
+    cfg = results.config
+    bare = results.bare
+    assert bare is not None
+    plot = os.path.relpath(cfg.plot_path, cfg.out.parent)
+    return [
         "## Figures",
         "",
         "| # | figure | measured | limit it is compared with | ratio | issue 3 goal |",
         "|---|---|---|---|---|---|",
+        *_reference_rows(results),
+        *_end_to_end_rows(results),
+        "",
+        "Definitions. *Accepted*: the API's `leadstream_events_accepted_total` (202s; the "
+        "client's own count agrees, below). *Committed*: rows in `events`. `created_at` is the "
+        "time the worker's batch transaction began, so the lag excludes that batch's own commit "
+        "(tens of ms). Sustained committed rate: 80% of the burst's events divided by the time "
+        "between the 10th and 90th percentile of their `created_at` (start-up and tail excluded).",
+        "",
+        f"wrk is a closed loop: each of its {cfg.connections} connections waits for an answer "
+        f"before sending again, so mean latency = {cfg.connections} / throughput. A p99 of 25 ms "
+        f"therefore needs at least {cfg.connections / 0.025:,.0f} req/s at saturation"
+        + (
+            f", more than (a) itself managed here ({_n(bare.rps)} req/s, mean ≈ "
+            f"{1000 * cfg.connections / bare.rps:.0f} ms)."
+            if bare.rps < cfg.connections / 0.025
+            else "."
+        ),
+        "",
+        f"![accepted/s, committed/s, queue depth, lead latency, RSS]({plot})",
+        "",
+    ]
+
+
+def _reference_rows(results: "Results") -> list[str]:
+    """Figures a-d: the limits, and the API with no worker."""
+    cfg = results.config
+    bare, bare_asgi, ingest = results.bare, results.bare_asgi, results.ingest
+    batched = results.ingest_batch
+    assert bare is not None and bare_asgi is not None and ingest is not None
+    assert batched is not None
+    ingest_ok = ingest.rps >= 0.8 * bare.rps and ingest.p99_ms <= 25
+    return [
         f"| a | bare FastAPI, same `EventIn` body → 202 (1 uvicorn worker, wrk "
         f"-t{cfg.threads} -c{cfg.connections}, {cfg.ref_seconds:.0f} s) | "
         f"{_n(bare.rps)} req/s, p50 {bare.p50_ms:.1f} ms, p99 {bare.p99_ms:.1f} ms | - | - | - |",
@@ -157,6 +158,23 @@ def markdown(results: "Results") -> str:
         f"({cfg.lpush_messages:,} msgs) | {_n(results.lpush_rate)} msg/s | - | - | - |",
         f"| d | PostgreSQL COPY (asyncpg `copy_records_to_table`, {cfg.copy_rows:,} rows "
         f"with a ~0.4 KB jsonb) | {_n(results.copy_rate)} rows/s | - | - | - |",
+    ]
+
+
+def _end_to_end_rows(results: "Results") -> list[str]:
+    """Figures e-l (m with a soak): the API and the worker together."""
+    cfg = results.config
+    ingest = results.ingest
+    assert ingest is not None
+    phases = {p.name: p for p in results.phases}
+    burst, paced = phases["burst"], phases["paced"]
+    lat = lead_latencies(burst)
+    leftovers = results.reference_leftovers
+    lead_p50, lead_p99 = quantile(lat, 0.5), quantile(lat, 0.99)
+    statuses = Counter(r.status for r in burst.leads)
+    e2e = burst.db.committed_rate
+    mem = results.memory
+    return [
         f"| e | end to end, {burst.db.count:,}-page-view burst: API accepted "
         f"(first→last received_at) | {_n(burst.db.ingest_rate)} events/s | (b) "
         f"{_n(ingest.rps)} req/s | {_ratio(burst.db.ingest_rate, ingest.rps)} | - |",
@@ -194,25 +212,11 @@ def markdown(results: "Results") -> str:
         f"{f' ({leftovers} rows from (b))' if leftovers else ''}"
         " | - | - | "
         f"equal: {_mark(results.accepted_total == results.committed_total)} |",
-        "",
-        "Definitions. *Accepted*: the API's `leadstream_events_accepted_total` (202s; the "
-        "client's own count agrees, below). *Committed*: rows in `events`. `created_at` is the "
-        "time the worker's batch transaction began, so the lag excludes that batch's own commit "
-        "(tens of ms). Sustained committed rate: 80% of the burst's events divided by the time "
-        "between the 10th and 90th percentile of their `created_at` (start-up and tail excluded).",
-        "",
-        f"wrk is a closed loop: each of its {cfg.connections} connections waits for an answer "
-        f"before sending again, so mean latency = {cfg.connections} / throughput. A p99 of 25 ms "
-        f"therefore needs at least {cfg.connections / 0.025:,.0f} req/s at saturation"
-        + (
-            f", more than (a) itself managed here ({_n(bare.rps)} req/s, mean ≈ "
-            f"{1000 * cfg.connections / bare.rps:.0f} ms)."
-            if bare.rps < cfg.connections / 0.025
-            else "."
-        ),
-        "",
-        f"![accepted/s, committed/s, queue depth, lead latency, RSS]({plot})",
-        "",
+    ]
+
+
+def _phases(results: "Results") -> list[str]:
+    lines = [
         "## Phases",
         "",
         "| phase | offered | client sent / 202 | client p50 / p99 | wall | drained | committed/s "
@@ -233,50 +237,12 @@ def markdown(results: "Results") -> str:
             f"{w['p50_us'] / 1000:.1f} / {w['p99_us'] / 1000:.1f} ms | {phase.seconds:.1f} s | "
             f"{phase.drained} | {_n(phase.drain_rate)} | {batch_text} |"
         )
-    lines += [
-        "",
-        "## Where the CPU went (per phase: CPU seconds, and cores busy on average)",
-        "",
-        "postgres and redis are every process of that name on the box (other sessions' too); "
-        "*other* is the rest of the machine's busy time (py-spy's, with `--profile`); *idle* "
-        f"is what was left of the {os.cpu_count()} cores.",
-        "",
-        *_cpu_table(results.phases),
-        "",
-        *_cpu_per_event(burst),
-    ]
-    for phase in results.phases:
-        b = phase.batches
-        if not b:
-            continue
-        lines += [
-            f"{phase.name}: the worker spent {b['busy_s']:.1f} s inside tasks (summed over its 2 "
-            f"pool processes, {phase.seconds:.0f} s wall) for {b['events']:,.0f} events in "
-            f"{b['batches']:,.0f} messages: {b['mean_ms']:.0f} ms per message of "
-            f"{b['mean_events']:.1f} events on average, so at most ≈ "
-            f"{2 * b['events'] / max(b['busy_s'], 1e-9):,.0f} events/s with this message size. "
-            f"Its processes used "
-            f"{(phase.cpu['consumer'] + phase.cpu['pool']) / phase.seconds:.2f} cores."
-            + (
-                f" Fitted over the {b['batches']:,.0f} messages: ≈ {b['fixed_ms']:.1f} ms per "
-                f"message + {b['per_event_ms']:.2f} ms per event."
-                if not math.isnan(b.get("fixed_ms", float("nan")))
-                else ""
-            ),
-            "",
-        ]
-    fit = results.all_batches
-    if fit.get("fixed_ms") is not None and not math.isnan(fit["fixed_ms"]):
-        lines += [
-            f"All {fit['batches']:,.0f} messages of the run (1 to {fit['max_events']:.0f} events "
-            f"each), fitted: **≈ {fit['fixed_ms']:.1f} ms per message + "
-            f"{fit['per_event_ms']:.2f} ms per event** inside the task (wall, 2 processes "
-            "sharing the cores with everything else). Messages are as big as the API's "
-            "coalescing makes them: page views wait up to `LEADSTREAM_ENQUEUE_ACTIVITY_LINGER_MS` "
-            "for company, until `LEADSTREAM_ENQUEUE_ACTIVITY_FLUSH_EVENTS` share a message.",
-            "",
-        ]
-    lines += _profile_sections(results)
+    return lines
+
+
+def _steps_and_reproduce(results: "Results") -> list[str]:
+    cfg = results.config
+    lines: list[str] = []
     lines += [
         "## Steps (wall seconds)",
         "",
@@ -300,7 +266,7 @@ def markdown(results: "Results") -> str:
         "worker --queues leads,activity --concurrency 2`, and wrk with `bench/lua/*.lua`.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _slope_mb_per_min(times: list[float], values: list[int]) -> float:
@@ -334,173 +300,3 @@ def _soak_rows(results: "Results") -> list[str]:
         f"({soak.db.count:,} events, lag p95 {_n(soak.db.lag_p95, 2)} s) | {'; '.join(cells)} "
         "| - | - | flat |",
     ]
-
-
-def _frames(rows: list[tuple[str, float]]) -> list[str]:
-    return [f"| {share:.1%} | `{frame}` |" for frame, share in rows]
-
-
-def _profile_sections(results: "Results") -> list[str]:
-    """py-spy summaries: the evidence for where the time goes (only with --profile)."""
-    wanted: list[tuple[str, Role | None, str, int, int]] = [
-        ("API during (b), on-CPU samples", results.ingest_profile.get("process"), "on CPU", 10, 15),
-    ]
-    for phase in results.phases:
-        worker, api = phase.profiles.get("worker", {}), phase.profiles.get("api", {})
-        wanted += [
-            (
-                f"worker pool (2 processes) during {phase.name}, wall time incl. waits",
-                worker.get("pool"),
-                "wall",
-                12,
-                25,
-            ),
-            (
-                f"worker consumer (Celery main process) during {phase.name}, wall time",
-                worker.get("consumer"),
-                "wall",
-                5,
-                12,
-            ),
-            (f"API during {phase.name}, on-CPU samples", api.get("process"), "on CPU", 8, 12),
-        ]
-    lines: list[str] = []
-    for title, role, kind, n_self, n_incl in wanted:
-        if role is None or not role.samples:
-            continue
-        seconds = role.samples / 100  # py-spy --rate 100
-        lines += [
-            f"### {title}",
-            "",
-            f"{role.samples:,} samples ({seconds:.0f} {kind} seconds summed over processes).",
-            "",
-            "| share | what (by leaf frame) |",
-            "|---|---|",
-            *[f"| {share:.1%} | {name} |" for name, share in role.categories()],
-            "",
-            "| share | leaf frame |",
-            "|---|---|",
-            *_frames(role.top_self(n_self)),
-            "",
-            "| share | Leadstream function, inclusive |",
-            "|---|---|",
-            *_frames(role.top_project(n_incl)),
-            "",
-        ]
-    if lines:
-        lines = [
-            "## Profiles (py-spy, `--profile`)",
-            "",
-            "Sampled at 100 Hz with `py-spy record --format raw --nonblocking` (the worker with "
-            "`--subprocesses --idle`, so a pool process waiting on PostgreSQL counts). py-spy "
-            "itself costs some CPU, so a profiled run's figures are a little lower. Inclusive "
-            "shares are lower bounds: an awaiting coroutine is not on the stack (its wait shows "
-            "as `EpollSelector.select`), and `--nonblocking` sometimes reads a truncated stack.",
-            "",
-            *lines,
-        ]
-    return lines
-
-
-def plot(results: "Results", path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), dpi=80)
-    (rates, backlog), (leads, memory) = axes
-    pending = backlog.twinx()  # events, not messages: one message carries many events
-    offset = 0.0
-    for phase in results.phases:
-        s = phase.samples
-        t = [offset + x.t for x in s]
-        pairs = list(itertools.pairwise(s))
-        mid = [offset + (a.t + b.t) / 2 for a, b in pairs]
-        acc = [(b.accepted - a.accepted) / max(b.t - a.t, 1e-6) for a, b in pairs]
-        com = [(b.committed - a.committed) / max(b.t - a.t, 1e-6) for a, b in pairs]
-        first = phase is results.phases[0]
-        rates.plot(mid, acc, color="tab:blue", lw=1, label="accepted/s" if first else None)
-        rates.plot(mid, com, color="tab:green", lw=1, label="committed/s" if first else None)
-        backlog.plot(
-            t,
-            [x.activity for x in s],
-            color="tab:orange",
-            lw=1,
-            label="activity queue (messages)" if first else None,
-        )
-        backlog.plot(
-            t,
-            [x.leads for x in s],
-            color="tab:red",
-            lw=1,
-            label="leads queue (messages)" if first else None,
-        )
-        pending.plot(
-            t,
-            [x.accepted - x.committed - x.dead for x in s],
-            color="tab:gray",
-            lw=1,
-            ls="--",
-            label="accepted, not committed (events)" if first else None,
-        )
-        memory.plot(
-            t, [x.api_rss / MB for x in s], color="tab:blue", lw=1, label="API" if first else None
-        )
-        memory.plot(
-            t,
-            [x.worker_rss / MB for x in s],
-            color="tab:purple",
-            lw=1,
-            label="worker (3 processes)" if first else None,
-        )
-        for ax in (rates, backlog, memory):
-            ax.axvline(offset, color="black", lw=0.5, alpha=0.4)
-        rates.text(
-            offset,
-            0.98,
-            f" {phase.name}",
-            fontsize=8,
-            va="top",
-            rotation=90,
-            transform=rates.get_xaxis_transform(),
-        )
-        offset = t[-1] if t else offset
-    rates.set(title="Rates (per 0.5 s sample)", xlabel="s", ylabel="events/s")
-    backlog.set(title="Backlog", xlabel="s", ylabel="messages")
-    pending.set_ylabel("events")
-    pending.set_ylim(bottom=0)
-    backlog.set_ylim(bottom=0)
-    pending.legend(fontsize=8, loc="upper left")
-    memory.set(title="RSS", xlabel="s", ylabel="MB")
-    memory.set_ylim(bottom=0)
-    for ax in (rates, backlog, memory):
-        ax.legend(fontsize=8, loc="upper right")
-        ax.grid(alpha=0.3)
-
-    burst = results.phases[0]
-    lat = [x * 1000 for x in lead_latencies(burst)]
-    if lat:
-        leads.hist(lat, bins=40, color="tab:red", alpha=0.8)
-        for q, style in ((0.5, "-"), (0.99, "--")):
-            value = _q(lat, q)
-            leads.axvline(
-                value, color="black", ls=style, lw=1, label=f"p{round(q * 100)} {value:,.0f} ms"
-            )
-        leads.legend(fontsize=8)
-    leads.set(
-        title=f"Lead lane latency during the burst (n={len(lat)}, Prefer: wait)",
-        xlabel="ms",
-        ylabel="requests",
-    )
-    leads.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def write_report(results: "Results") -> None:
-    cfg = results.config
-    plot(results, cfg.plot_path)
-    cfg.out.write_text(markdown(results))

@@ -3,7 +3,7 @@
 import asyncio
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -11,6 +11,10 @@ from shared.db.tables import Base
 from shared.settings import get_settings
 
 target_metadata = Base.metadata
+
+# `leadstream migrate` (the Procfile's release) and `leadstream run` may upgrade at once: one
+# session-level advisory lock makes the second wait and then find the database at head.
+MIGRATION_LOCK_KEY = 0x6C73_6D69_6772_6174  # "lsmigrat"
 
 
 def _run(connection: Connection) -> None:
@@ -23,7 +27,16 @@ async def _main() -> None:
     url = context.config.attributes.get("database_url") or get_settings().database_url
     engine = create_async_engine(url, poolclass=pool.NullPool)
     async with engine.connect() as connection:
-        await connection.run_sync(_run)
+        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        await connection.commit()  # the lock is the session's: it outlives this transaction
+        try:
+            await connection.run_sync(_run)
+        finally:
+            await connection.rollback()  # a failed migration's transaction, if any
+            await connection.execute(
+                text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY}
+            )
+            await connection.commit()
     await engine.dispose()
 
 

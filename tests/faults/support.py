@@ -191,7 +191,7 @@ async def outcomes_of(
 
 def held_by_workers(broker: redis.Redis) -> set[uuid.UUID]:
     """Events in messages that a worker took and has not acknowledged (kombu's `unacked`)."""
-    held = set()
+    held: set[uuid.UUID] = set()
     for value in broker.hvals("unacked"):
         payload, _exchange, _routing_key = json.loads(value)
         args = json.loads(base64.b64decode(payload["body"]))[0]

@@ -9,30 +9,24 @@ same rows the other one does. Four pool processes (two workers) run all pairs to
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.contract.queues import Envelope
-from tests.faults.conftest import Fleet
+from tests.faults.stack import FaultStack
 from tests.faults.support import (
     Workload,
-    assert_stored_exactly_once,
     deadlocks,
     email,
     log_records,
     log_text,
-    outcomes_of,
     pack,
     person_event,
     phone,
 )
 from tests.support.messages import envelope, push
-from tests.support.tenants import Tenant
 
 pytestmark = pytest.mark.faults
 
@@ -89,25 +83,22 @@ def opposite_batches(tenant_id: uuid.UUID) -> tuple[list[Envelope], list[tuple[s
 
 
 async def test_batches_touching_the_same_people_in_opposite_orders_all_commit(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
-    workers = [fleet.worker(fault_env, concurrency=2, name=f"mix-{k}") for k in range(2)]
+    engine, tenant = faults.engine, faults.tenant
+    workers = [faults.worker(name=f"mix-{k}", concurrency=2) for k in range(2)]
     seed = [
         person_event(tenant.id, i, i, with_phone=True, company=None, lead=False)
         for i in range(PEOPLE)
     ]
-    push(broker, pack(seed), markers=seed)
-    await outcomes_of(broker, Workload(tenant.id, seed, [], {}), timeout=30)
+    seeded = Workload(tenant.id, seed, [pack(seed)], {})
+    faults.push(seeded)
+    await faults.outcomes(seeded, timeout=30)
     deadlocks_before = await deadlocks(engine)
 
     mixed, messages = opposite_batches(tenant.id)
     started = time.monotonic()
-    push(broker, *messages, markers=mixed)
+    push(faults.broker, *messages, markers=mixed)
     work = Workload(
         tenant.id,
         seed + mixed,
@@ -121,9 +112,9 @@ async def test_batches_touching_the_same_people_in_opposite_orders_all_commit(
             "dead_letters": 0,
         },
     )
-    await outcomes_of(broker, work, timeout=90)
+    await faults.outcomes(work, timeout=90)
     elapsed = time.monotonic() - started
-    found = await assert_stored_exactly_once(engine, work)
+    found = await faults.stored_exactly_once(work)
 
     # No update lost: every person carries the tag of every batch that reached it.
     async with engine.connect() as conn:
@@ -139,14 +130,14 @@ async def test_batches_touching_the_same_people_in_opposite_orders_all_commit(
     assert tags == {email(i): every for i in range(PEOPLE)}
 
     # Stopping the workers ends their sessions, which flushes their statistics.
-    fleet.stop_all()
+    faults.fleet.stop_all()
     deadlocks_after = await deadlocks(engine)
     logs = log_text(*workers)
     records = log_records(*workers)
     assert deadlocks_after == deadlocks_before, "PostgreSQL detected a deadlock"
     assert "deadlock" not in logs.lower()
     assert not any(r["event"] in {"task.retry", "event.rejected"} for r in records)
-    measure(
+    faults.measure(
         accepted=len(work.ids),
         stored=found["events"],
         duplicates=found["events"] - len(work.ids),

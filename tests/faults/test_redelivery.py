@@ -8,75 +8,37 @@ message twice. Two copies of every message are LPUSHed in one command, and two s
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-import redis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.contract.outcomes import event_key, queued_marker
-from shared.settings import Settings
-from tests.faults.conftest import Fleet
-from tests.faults.support import (
-    assert_stored_exactly_once,
-    blocked_backends,
-    burst,
-    connections_by_port,
-    database_port,
-    email_lock_key,
-    eventually,
-    log_records,
-    outcomes_of,
-    pool_children,
-)
-from tests.support.tenants import Tenant
+from tests.faults.stack import FaultStack
+from tests.faults.support import log_records
 
 pytestmark = pytest.mark.faults
 
 
 async def test_a_message_taken_by_two_workers_at_once_stores_each_event_once(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    settings: Settings,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
-    db_port = database_port(settings)
-    workers = [fleet.worker(fault_env, concurrency=1, name=f"twin-{k}") for k in range(2)]
-    work = burst(tenant.id, events=300, people=40, companies=5, per_message=5, seed=4)
-    lock = email_lock_key(tenant.id, work.envelopes[0].payload["metadata"]["email"])
+    workers = [faults.worker(name=f"twin-{k}", concurrency=1) for k in range(2)]
+    work = faults.burst(events=300, people=40, companies=5, per_message=5, seed=4)
 
-    async with engine.connect() as holder:
-        # Both copies of the first message stop on this lock, each inside its own transaction.
-        await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock})
-        await holder.commit()
-        pipe = broker.pipeline(transaction=True)  # everything lands at one instant
+    # Both copies of the first message stop on this lock, each inside its own transaction.
+    async with faults.first_email_locked(work):
+        pipe = faults.broker.pipeline(transaction=True)  # everything lands at one instant
         for e in work.envelopes:
             pipe.set(event_key(e.id), queued_marker(e.tenant_id))
         for queue, body in work.messages:
             pipe.lpush(queue, body, body)
         pipe.execute()
-
-        async def both_inside() -> bool:
-            async with engine.connect() as conn:
-                blocked = await blocked_backends(conn)
-            return all(
-                any(p in blocked for p in connections_by_port(pool_children(w), db_port))
-                for w in workers
-            )
-
-        await eventually(both_inside, timeout=20, what="both copies waiting in a transaction")
-        await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
-        await holder.commit()
+        await faults.batch_stopped_midway(*workers)  # in each worker: both copies
     released = time.monotonic()
 
-    outcomes = await outcomes_of(broker, work, timeout=60)
+    outcomes = await faults.outcomes(work, timeout=60)
     elapsed = time.monotonic() - released
-    found = await assert_stored_exactly_once(engine, work)
+    found = await faults.stored_exactly_once(work)
     created_people = sum(bool(o.body and o.body.get("wasPersonCreated")) for o in outcomes.values())
     assert created_people == found["people"], "each person created by exactly one event"
 
@@ -95,7 +57,7 @@ async def test_a_message_taken_by_two_workers_at_once_stores_each_event_once(
     overlapping = [v for v in split if v[0][1] < v[1][2] and v[1][1] < v[0][2]]
     assert overlapping, "no message ran in both workers at the same time"
     retries = sum(r["event"] == "task.retry" for r in records)
-    measure(
+    faults.measure(
         accepted=len(work.ids),
         deliveries=2 * len(work.ids),
         stored=found["events"],

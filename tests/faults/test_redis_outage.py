@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,17 +20,14 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.faults.conftest import Fleet, RedisServer
+from tests.faults.stack import FaultStack, RedisServer
 from tests.faults.support import (
-    burst,
     counts,
     email,
     eventually,
     held_by_workers,
     people_split,
 )
-from tests.support.messages import push
-from tests.support.tenants import Tenant
 
 pytestmark = pytest.mark.faults
 
@@ -104,27 +101,20 @@ def assert_refused_quickly(answers: list[Answer], limit: float) -> None:
 
 
 async def test_redis_down_answers_503_at_once_and_ingestion_resumes_without_restarts(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    private_redis: RedisServer,
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
-    api = fleet.api(fault_env)
-    worker = fleet.worker(fault_env, name="redis-down")
-    async with httpx.AsyncClient(base_url=api, headers=tenant.headers, timeout=10) as http:
+    async with faults.api_client() as http:
+        worker = faults.worker(name="redis-down")
         caller = Caller(http)
         before = await caller.burst(40)
         assert {a.status for a in before} == {202}
 
-        private_redis.kill()
+        faults.redis_server.kill()
         down = await caller.burst(30)
         down += [await caller.post() for _ in range(10)]  # one by one, too
         assert_refused_quickly(down, limit=ENQUEUE_TIMEOUT)
 
-        private_redis.start()  # same port, same append-only file
+        faults.redis_server.start()  # same port, same append-only file
         back_at = time.monotonic()
         refused_after_return = 0
 
@@ -141,20 +131,20 @@ async def test_redis_down_answers_503_at_once_and_ingestion_resumes_without_rest
         accepted = caller.accepted()
 
         async def all_stored() -> bool:
-            return set(accepted) <= set(await stored_by_request(engine, tenant.id))
+            return set(accepted) <= set(await stored_by_request(faults.engine, faults.tenant.id))
 
         to_all_stored = await eventually(
             all_stored, timeout=60, what="the worker stored every accepted event"
         )
 
-    stored = await stored_by_request(engine, tenant.id)
+    stored = await stored_by_request(faults.engine, faults.tenant.id)
     assert set(stored) == set(accepted), "exactly the accepted events, none refused, none lost"
     assert sorted(stored.values()) == sorted(accepted.values())
-    found = await counts(engine, tenant.id)
+    found = await counts(faults.engine, faults.tenant.id)
     assert found["events"] == len(accepted) and found["dead_letters"] == 0
     assert found["people"] == found["emails"] == 25
     assert worker.process.poll() is None, "the worker lived through the outage"
-    measure(
+    faults.measure(
         accepted=len(accepted),
         refused=sum(a.status == 503 for a in caller.answers),
         stored=found["events"],
@@ -198,40 +188,33 @@ async def settled(broker: redis.Redis, ids: Iterable[uuid.UUID]) -> float:
 
 
 async def test_redis_hung_answers_503_within_the_timeout_and_ingestion_resumes(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    private_redis: RedisServer,
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
-    api = fleet.api(fault_env)
-    worker = fleet.worker(fault_env, name="redis-hung")
-    async with httpx.AsyncClient(base_url=api, headers=tenant.headers, timeout=10) as http:
+    async with faults.api_client() as http:
+        worker = faults.worker(name="redis-hung")
         caller = Caller(http)
         assert {a.status for a in await caller.burst(20)} == {202}
-        hung = await during_hang(private_redis, *(caller.post() for _ in range(20)))
+        hung = await during_hang(faults.redis_server, *(caller.post() for _ in range(20)))
         # The write to a Redis that does not answer is given up after the enqueue timeout.
         assert_refused_quickly(hung, limit=ENQUEUE_TIMEOUT + 0.5)
-        await answering(broker)
+        await answering(faults.broker)
         resumed_at = time.monotonic()
         after = await caller.burst(20)
         assert {a.status for a in after} == {202}, "ingestion resumed without any restart"
         accepted = caller.accepted()
-        await settled(broker, accepted)
+        await settled(faults.broker, accepted)
         recovery = time.monotonic() - resumed_at
 
-    stored = await stored_by_request(engine, tenant.id)
+    stored = await stored_by_request(faults.engine, faults.tenant.id)
     assert set(accepted) <= set(stored), "every event answered 202 is stored"
     refused = {a.n for a in hung}
     surplus = [n for i, n in stored.items() if i not in accepted]
     assert set(surplus) <= refused, "nothing is stored that no request sent"
     assert len(surplus) == len(set(surplus)), "and nothing twice"
-    found = await counts(engine, tenant.id)
+    found = await counts(faults.engine, faults.tenant.id)
     assert found["events"] == len(accepted) + len(surplus) and found["dead_letters"] == 0
     assert worker.process.poll() is None
-    measure(
+    faults.measure(
         accepted=len(accepted),
         refused=len(hung),
         stored=found["events"],
@@ -245,30 +228,23 @@ async def test_redis_hung_answers_503_within_the_timeout_and_ingestion_resumes(
 
 
 async def test_an_event_refused_while_redis_hung_is_not_stored_twice_when_retried(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    private_redis: RedisServer,
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
     """503 says "not queued, retry after 1 s": a partner that does so must get one event."""
-    api = fleet.api(fault_env)
-    fleet.worker(fault_env, name="redis-hung-retry")
-    async with httpx.AsyncClient(base_url=api, headers=tenant.headers, timeout=10) as http:
+    async with faults.api_client() as http:
+        faults.worker(name="redis-hung-retry")
         caller = Caller(http)
         assert {a.status for a in await caller.burst(20)} == {202}
-        hung = await during_hang(private_redis, *(caller.post(n=1000 + n) for n in range(10)))
+        hung = await during_hang(faults.redis_server, *(caller.post(n=1000 + n) for n in range(10)))
         assert {a.status for a in hung} == {503}
-        await answering(broker)
+        await answering(faults.broker)
         retried = [await caller.post(n=a.n) for a in hung]  # as the 503 asked
         assert {a.status for a in retried} == {202}
-        await settled(broker, caller.accepted())
-        stored = await stored_by_request(engine, tenant.id)
+        await settled(faults.broker, caller.accepted())
+        stored = await stored_by_request(faults.engine, faults.tenant.id)
 
     copies = Counter(n for n in stored.values() if n >= 1000)
-    measure(
+    faults.measure(
         refused=len(hung),
         retried_and_accepted=len(retried),
         stored_once=sum(c == 1 for c in copies.values()),
@@ -283,17 +259,10 @@ async def test_an_event_refused_while_redis_hung_is_not_stored_twice_when_retrie
 
 
 async def test_an_idempotency_key_refused_while_redis_hung_is_not_lost_when_retried(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    private_redis: RedisServer,
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
-    api = fleet.api(fault_env)
-    fleet.worker(fault_env, name="redis-hung-keys")
-    async with httpx.AsyncClient(base_url=api, headers=tenant.headers, timeout=10) as http:
+    async with faults.api_client() as http:
+        faults.worker(name="redis-hung-keys")
         caller = Caller(http)
         # Concurrent keyed requests leave the API's Redis pool with idle connections, as any
         # real load does: a request made during the hang then writes to Redis at once.
@@ -301,23 +270,24 @@ async def test_an_idempotency_key_refused_while_redis_hung_is_not_lost_when_retr
         assert {a.status for a in await asyncio.gather(*warm)} == {202}
         keys = [f"hung-{n}" for n in range(10)]
         hung = await during_hang(
-            private_redis, *(caller.post(key=k, n=1000 + n) for n, k in enumerate(keys))
+            faults.redis_server, *(caller.post(key=k, n=1000 + n) for n, k in enumerate(keys))
         )
         assert_refused_quickly(hung, limit=ENQUEUE_TIMEOUT + 0.5)
-        await answering(broker)
+        await answering(faults.broker)
         # A well-behaved partner retries each refused event with its Idempotency-Key.
         retried = [await caller.post(key=k, n=1000 + n) for n, k in enumerate(keys)]
         assert {a.status for a in retried} == {202}
         accepted = caller.accepted()
-        await settled(broker, accepted)
+        await settled(faults.broker, accepted)
 
-        stored = await stored_by_request(engine, tenant.id)
-        never_queued = {i for i in accepted if broker.get(f"ls:event:{i}") is None}
+        stored = await stored_by_request(faults.engine, faults.tenant.id)
+        never_queued = {i for i in accepted if faults.broker.get(f"ls:event:{i}") is None}
         # Where such an id comes from: the key, claimed by the request that was refused.
-        claims = broker.mget([f"ls:idem:{tenant.id}:{k}" for k in keys])
-        stale = sum(1 for c in claims if c and uuid.UUID(c.decode()) in never_queued)
+        claims = faults.broker.mget([f"ls:idem:{faults.tenant.id}:{k}" for k in keys])
+        claimed = [uuid.UUID(c.decode() if isinstance(c, bytes) else c) for c in claims if c]
+        stale = len([i for i in claimed if i in never_queued])
         reads = {(await http.get(f"/api/partner/events/{i}")).status_code for i in never_queued}
-        measure(
+        faults.measure(
             accepted=len(accepted),
             stored=len(stored),
             retries_answered_as_replays=sum(a.replayed for a in retried),
@@ -335,13 +305,7 @@ async def test_an_idempotency_key_refused_while_redis_hung_is_not_lost_when_retr
 
 
 async def test_redis_restarted_under_load_the_worker_resumes_without_a_restart(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    private_redis: RedisServer,
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
     """Redis restarts while the worker holds messages (mid-batch), with the app's settings.
 
@@ -350,21 +314,21 @@ async def test_redis_restarted_under_load_the_worker_resumes_without_a_restart(
     connection, if Redis answers by then; otherwise it waits in kombu's `unacked` hash for the
     visibility timeout (300 s here, see test_worker_kill), so it is not waited for.
     """
-    worker = fleet.worker(fault_env, name="redis-restart-under-load")
-    work = burst(tenant.id, events=600, people=80, companies=6, per_message=10, seed=5)
-    push(broker, *work.messages, markers=work.envelopes)
+    worker = faults.worker(name="redis-restart-under-load")
+    work = faults.burst(events=600, people=80, companies=6, per_message=10, seed=5)
+    faults.push(work)
     stored_ids: set[uuid.UUID] = set()
 
     async def stored() -> int:
         stored_ids.clear()
-        stored_ids.update(await stored_by_request(engine, tenant.id))
+        stored_ids.update(await stored_by_request(faults.engine, faults.tenant.id))
         return len(stored_ids)
 
     async def under_way() -> bool:
         return await stored() >= 100
 
     await eventually(under_way, timeout=30, what="the burst under way")
-    private_redis.kill()
+    faults.redis_server.kill()
     at_kill = await stored()
 
     async def noticed() -> bool:
@@ -377,20 +341,23 @@ async def test_redis_restarted_under_load_the_worker_resumes_without_a_restart(
         return time.monotonic() - noticed_at > OUTAGE
 
     await eventually(outage_over, timeout=OUTAGE + 1, what="the outage lasted")
-    private_redis.start()
+    faults.redis_server.start()
     back_at = time.monotonic()
-    held = held_by_workers(broker)  # before the worker is back: what it had taken
+    held = held_by_workers(faults.broker)  # before the worker is back: what it had taken
     expected = set(work.ids) - held
 
     async def resumed() -> bool:
         await stored()
-        return expected <= stored_ids and broker.llen("leads") + broker.llen("activity") == 0
+        return (
+            expected <= stored_ids
+            and faults.broker.llen("leads") + faults.broker.llen("activity") == 0
+        )
 
     try:
         await eventually(resumed, timeout=20, what="the worker took up the queue again")
     finally:
         log = worker.log.read_text(errors="replace")
-        measure(
+        faults.measure(
             accepted=len(work.ids),
             stored_when_redis_died=at_kill,
             held_by_the_worker_when_redis_died=len(held),
@@ -398,10 +365,10 @@ async def test_redis_restarted_under_load_the_worker_resumes_without_a_restart(
             seconds_since_return=round(time.monotonic() - back_at, 1),
             worker_process_alive=worker.process.poll() is None,
             unrecoverable_error_logged="Unrecoverable error" in log,
-            still_queued_messages=broker.llen("leads") + broker.llen("activity"),
+            still_queued_messages=faults.broker.llen("leads") + faults.broker.llen("activity"),
             held_events_back_already=len(held & stored_ids),
         )
     assert not stored_ids - set(work.ids), "nothing stored that was not sent"
-    async with engine.connect() as conn:
-        assert not await people_split(conn, tenant.id), "no person duplicated"
+    async with faults.engine.connect() as conn:
+        assert not await people_split(conn, faults.tenant.id), "no person duplicated"
     assert worker.process.poll() is None

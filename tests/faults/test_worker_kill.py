@@ -22,35 +22,21 @@ import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import psutil
 import pytest
-import redis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.settings import Settings
-from tests.faults.conftest import Fleet
+from tests.faults.stack import FaultStack
 from tests.faults.support import (
-    FAST_REDELIVERY,
     Workload,
-    assert_stored_exactly_once,
     backends_in_transaction,
-    blocked_backends,
-    burst,
     connections_by_port,
-    database_port,
-    email_lock_key,
     eventually,
     held_by_workers,
-    outcomes_of,
     pending,
     pool_children,
 )
-from tests.support.messages import push
 from tests.support.processes import WorkerProcess
-from tests.support.tenants import Tenant
 
 pytestmark = pytest.mark.faults
 
@@ -65,43 +51,15 @@ def deliveries(*workers: WorkerProcess) -> Counter[str]:
     return found
 
 
-def first_email(work: Workload) -> str:
-    address: str = work.envelopes[0].payload["metadata"]["email"]
-    return address
-
-
-async def batch_stopped_midway(
-    engine: AsyncEngine, worker: WorkerProcess, db_port: int
-) -> set[int]:
-    """Pool processes whose transaction waits on the advisory lock the test holds."""
-    found: set[int] = set()
-
-    async def stopped() -> bool:
-        async with engine.connect() as conn:
-            blocked = await blocked_backends(conn)
-        ours = connections_by_port(pool_children(worker), db_port)
-        found.update(pid for port, pid in ours.items() if port in blocked)
-        return bool(found)
-
-    await eventually(stopped, timeout=20, what="a batch waiting on the held lock")
-    return found
-
-
 async def kill_pool_processes_mid_batch(
-    engine: AsyncEngine,
-    worker: WorkerProcess,
-    db_port: int,
-    broker: redis.Redis,
-    work: Workload,
-    *,
-    kills: int,
+    faults: FaultStack, worker: WorkerProcess, work: Workload, *, kills: int
 ) -> int:
     """SIGKILL pool processes caught inside a transaction, until `kills` or the work is done."""
     killed: set[int] = set()  # a killed process may linger a moment: count it once
     deadline = time.monotonic() + 20
-    while len(killed) < kills and pending(broker, work.ids) and time.monotonic() < deadline:
-        ours = connections_by_port(pool_children(worker), db_port)
-        async with engine.connect() as conn:
+    while len(killed) < kills and pending(faults.broker, work.ids) and time.monotonic() < deadline:
+        ours = connections_by_port(pool_children(worker), faults.db_port)
+        async with faults.engine.connect() as conn:
             busy = await backends_in_transaction(conn)
         victims = {pid for port, pid in ours.items() if port in busy}
         for pid in victims - killed:
@@ -113,36 +71,24 @@ async def kill_pool_processes_mid_batch(
 
 
 async def test_kill_9_of_pool_processes_mid_batch_loses_and_doubles_nothing(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    settings: Settings,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
-    db_port = database_port(settings)
-    worker = fleet.worker({**fault_env, **FAST_REDELIVERY}, name="pool-kill")
-    work = burst(tenant.id, events=600, people=80, companies=6, per_message=10, seed=1)
-    lock = email_lock_key(tenant.id, first_email(work))
+    worker = faults.worker(name="pool-kill", fast_redelivery=True)
+    work = faults.burst(events=600, people=80, companies=6, per_message=10, seed=1)
 
-    async with engine.connect() as holder:
-        await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock})
-        await holder.commit()
-        push(broker, *work.messages, markers=work.envelopes)
+    async with faults.first_email_locked(work):
+        faults.push(work)
         # The batches that name this e-mail stop inside their transaction: kill them there.
-        midway = await batch_stopped_midway(engine, worker, db_port)
+        midway = await faults.batch_stopped_midway(worker)
         for pid in midway:
             psutil.Process(pid).kill()
-        await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
-        await holder.commit()
     # More kills while the burst runs, each of a process caught inside a transaction.
-    extra = await kill_pool_processes_mid_batch(engine, worker, db_port, broker, work, kills=4)
+    extra = await kill_pool_processes_mid_batch(faults, worker, work, kills=4)
     last_kill = time.monotonic()
 
-    await outcomes_of(broker, work, timeout=60)
+    await faults.outcomes(work, timeout=60)
     recovery = time.monotonic() - last_kill
-    found = await assert_stored_exactly_once(engine, work)
+    found = await faults.stored_exactly_once(work)
 
     log = worker.log.read_text(errors="replace")
     lost = log.count("exited with 'signal 9 (SIGKILL)'")
@@ -153,8 +99,8 @@ async def test_kill_9_of_pool_processes_mid_batch_loses_and_doubles_nothing(
     assert redelivered >= len(midway), "the killed batches were requeued and ran again"
     # Requeued by the main process (reject + requeue, to the back of the queue), not restored
     # by the visibility timeout, which this worker checks only every ~100 s.
-    assert broker.hlen("unacked") == 0
-    measure(
+    assert faults.broker.hlen("unacked") == 0
+    faults.measure(
         accepted=len(work.ids),
         stored=found["events"],
         duplicates=found["events"] - len(work.ids),
@@ -168,37 +114,25 @@ async def test_kill_9_of_pool_processes_mid_batch_loses_and_doubles_nothing(
 
 
 async def test_kill_9_of_the_whole_worker_then_a_restarted_worker_finishes(
-    fleet: Fleet,
-    fault_env: dict[str, str],
-    broker: redis.Redis,
-    engine: AsyncEngine,
-    tenant: Tenant,
-    settings: Settings,
-    measure: Callable[..., None],
+    faults: FaultStack,
 ) -> None:
-    db_port = database_port(settings)
     visibility = 10
     env = {
-        **fault_env,
         "LEADSTREAM_VISIBILITY_TIMEOUT_SECONDS": str(visibility),
         "LEADSTREAM_TASK_TIME_LIMIT_SECONDS": "8",
     }
-    first = fleet.worker(env, name="killed")
-    work = burst(tenant.id, events=400, people=60, companies=6, per_message=10, seed=2)
-    lock = email_lock_key(tenant.id, first_email(work))
+    broker = faults.broker
+    first = faults.worker(name="killed", settings=env)
+    work = faults.burst(events=400, people=60, companies=6, per_message=10, seed=2)
 
-    async with engine.connect() as holder:
-        await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock})
-        await holder.commit()
-        push(broker, *work.messages, markers=work.envelopes)
-        await batch_stopped_midway(engine, first, db_port)
+    async with faults.first_email_locked(work):
+        faults.push(work)
+        await faults.batch_stopped_midway(first)
         pool = pool_children(first)
         first.process.kill()
         first.process.wait()
         killed_at = time.monotonic()
         held = held_by_workers(broker)
-        await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
-        await holder.commit()
 
     async def pool_gone() -> bool:
         return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in pool)
@@ -209,7 +143,7 @@ async def test_kill_9_of_the_whole_worker_then_a_restarted_worker_finishes(
     # A worker started at once takes the rest of the queue, but not what the dead one held:
     # those messages are younger than the visibility timeout when it starts, and it looks
     # again only ~100 s later.
-    second = fleet.worker(env, name="restarted-at-once")
+    second = faults.worker(name="restarted-at-once", settings=env)
     started_before_timeout = time.monotonic() - killed_at < visibility - 1
 
     async def rest_done() -> bool:
@@ -227,18 +161,18 @@ async def test_kill_9_of_the_whole_worker_then_a_restarted_worker_finishes(
     # A worker started once they are older than the visibility timeout restores them at start.
     def oldest_age() -> float:
         scores = broker.zrange("unacked_index", 0, 0, withscores=True)
-        return time.time() - scores[0][1] if scores else float("inf")
+        return time.time() - float(scores[0][1]) if scores else float("inf")
 
     async def timed_out() -> bool:
         return oldest_age() > visibility
 
     await eventually(timed_out, timeout=visibility + 5, what="the visibility timeout passed")
-    third = fleet.worker(env, name="restarted-after-timeout")
-    await outcomes_of(broker, work, timeout=30)
+    third = faults.worker(name="restarted-after-timeout", settings=env)
+    await faults.outcomes(work, timeout=30)
     recovery = time.monotonic() - killed_at
-    found = await assert_stored_exactly_once(engine, work)
+    found = await faults.stored_exactly_once(work)
     assert broker.hlen("unacked") == 0
-    measure(
+    faults.measure(
         accepted=len(work.ids),
         stored=found["events"],
         duplicates=found["events"] - len(work.ids),

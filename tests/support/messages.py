@@ -2,6 +2,7 @@
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +39,9 @@ def message(envelopes: list[Envelope]) -> bytes:
     )
 
 
-def push(client: redis.Redis, *messages: tuple[str, bytes], markers: list[Envelope] = ()) -> None:
+def push(
+    client: redis.Redis, *messages: tuple[str, bytes], markers: Sequence[Envelope] = ()
+) -> None:
     """LPUSH messages to their queues in one round trip, as a producer would."""
     pipe = client.pipeline()
     for e in markers:

@@ -1,122 +1,68 @@
-"""The test stack's processes: a real Celery worker and the API, started and stopped."""
+"""The test stack's processes: a real Celery worker and the API, started as `ops.processes`
+defines them, and stopped."""
 
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import Popen
 
 import httpx
-from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from ops.processes import (
+    BIN,
+    REPO,
+    api_argv,
+    free_port,
+    start,
+    stop,
+    wait_until,
+    worker_argv,
+    worker_ready,
+)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def drop_database(url: str) -> None:
-    target = make_url(url)
-    engine = create_async_engine(
-        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-    finally:
-        await engine.dispose()
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+__all__ = [
+    "BIN",
+    "REPO",
+    "ApiProcess",
+    "WorkerProcess",
+    "free_port",
+    "start_api",
+    "start_worker",
+    "stop",
+]
 
 
 @dataclass
 class WorkerProcess:
-    process: subprocess.Popen[bytes]
+    process: Popen[bytes]
     log: Path
 
 
 def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 2) -> WorkerProcess:
     """A real `celery worker` on both queues; returns once it has said it is ready."""
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "worker.app",
-            "worker",
-            "--queues",
-            "leads,activity",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            f"test-{uuid.uuid4().hex[:6]}@%h",
-        ],
-        env=env,
-        cwd=REPO,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while b" ready." not in log.read_bytes():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"worker did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
+    argv = worker_argv(concurrency=concurrency, node=f"test-{uuid.uuid4().hex[:6]}@%h")
+    process = start(argv, env=env, log=log)
+    wait_until(worker_ready(log), process, log, timeout=60, what="the worker", interval=0.1)
     return WorkerProcess(process, log)
 
 
 @dataclass
 class ApiProcess:
-    process: subprocess.Popen[bytes]
+    process: Popen[bytes]
     url: str
 
 
 def start_api(env: dict[str, str], log: Path) -> ApiProcess:
     """A real `uvicorn ingest_api.app:create_app` on a free port, once /healthz answers."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            str(BIN / "uvicorn"),
-            "ingest_api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
-        env=env,
-        cwd=REPO,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    process = start(api_argv(port=port), env=env, log=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+
+    def healthy() -> bool:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return ApiProcess(process, url)
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the API did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
+            return False
+
+    wait_until(healthy, process, log, timeout=30, what="the API")
+    return ApiProcess(process, url)

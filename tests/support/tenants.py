@@ -5,8 +5,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.auth import ALL_SCOPES, mint_token
-from shared.db.tenants import ensure_tenant
+from ops.local_services import tenant_with_token
 from shared.settings import Settings
 
 
@@ -23,7 +22,7 @@ class Tenant:
 
 async def make_tenant(engine: AsyncEngine, settings: Settings, *, region: str = "US") -> Tenant:
     name = f"t-{uuid.uuid4().hex[:10]}"
-    async with engine.begin() as conn:
-        tenant_id = await ensure_tenant(conn, name=name, default_region=region)
-    token = mint_token(settings, tenant_id=tenant_id, scopes=ALL_SCOPES, ttl_seconds=3600)
+    tenant_id, token = await tenant_with_token(
+        engine, settings, name=name, region=region, ttl_seconds=3600
+    )
     return Tenant(tenant_id, name, token)

@@ -17,6 +17,7 @@ from shared.db.tables import Company, DeadLetter, Event, Person, PersonEmail
 from shared.settings import Settings
 from tests.support.messages import envelope, message, push, totals, wait_outcomes
 from tests.support.processes import BIN, REPO, WorkerProcess, start_worker, stop
+from tests.support.redis_dbs import PIPELINE_OWN_WORKER, redis_url_with_db
 from tests.support.tenants import Tenant
 
 
@@ -278,7 +279,7 @@ async def test_a_transient_failure_that_persists_ends_as_a_dead_letter(
             )
         )
     # A worker of its own, on a Redis db of its own, that gives up after one retry.
-    own_redis = service_env["LEADSTREAM_REDIS_URL"].rsplit("/", 1)[0] + "/12"
+    own_redis = redis_url_with_db(service_env["LEADSTREAM_REDIS_URL"], PIPELINE_OWN_WORKER)
     broker = redis.Redis.from_url(own_redis)
     broker.flushdb()
     env = {**service_env, "LEADSTREAM_REDIS_URL": own_redis, "LEADSTREAM_TASK_MAX_RETRIES": "1"}

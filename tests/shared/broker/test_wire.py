@@ -22,6 +22,7 @@ from shared.contract.queues import (
     queue_for,
 )
 from shared.settings import Settings
+from tests.support.redis_dbs import UNCONSUMED, redis_url_with_db
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_leads_and_activity_routing() -> None:
 async def test_page_views_share_a_message_until_it_is_full(settings: Settings) -> None:
     """A full message goes out at once, however long the linger; a lone one after the linger."""
     # A database no worker consumes from, so the messages stay for the test to read.
-    url = settings.redis_url.rsplit("/", 1)[0] + "/9"
+    url = redis_url_with_db(settings.redis_url, UNCONSUMED)
     client = aioredis.Redis.from_url(url)
     await client.flushdb()
     tenant = uuid.uuid4()
