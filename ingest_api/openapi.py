@@ -35,19 +35,18 @@ READ_PROBLEMS = problems(
 )
 
 
-def _write_problems() -> dict[int | str, dict[str, Any]]:
-    return problems(
-        {
-            400: "Malformed JSON (or gzip, on the batch)",
-            401: "Missing or invalid token",
-            403: "Token lacks the scope",
-            404: "Person or company not found (with Prefer: wait)",
-            413: f"Body over {EVENT_BODY_LIMIT // 1024} KB ({BATCH_BODY_LIMIT // 1024} KB batch)",
-            415: "Not application/json",
-            422: "Invalid event: every wrong field in errors[].loc",
-            503: "Queue unavailable, or the API is starting: retry after Retry-After seconds",
-        }
-    )
+PROBLEMS = problems(
+    {
+        400: "Malformed JSON (or gzip, on the batch)",
+        401: "Missing or invalid token",
+        403: "Token lacks the scope",
+        404: "Person or company not found (with Prefer: wait)",
+        413: f"Body over {EVENT_BODY_LIMIT // 1024} KB ({BATCH_BODY_LIMIT // 1024} KB batch)",
+        415: "Not application/json",
+        422: "Invalid event: every wrong field in errors[].loc",
+        503: "Queue unavailable, or the API is starting: retry after Retry-After seconds",
+    }
+)
 
 
 def _duration(seconds: int) -> str:
@@ -122,7 +121,7 @@ def openapi_paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]
     def answer(model: str, description: str) -> dict[str, Any]:
         return {"description": description, "content": json_content(model)}
 
-    errors = {str(code): value for code, value in _write_problems().items()}
+    errors = {str(code): value for code, value in PROBLEMS.items()}
     single = {
         "tags": ["events"],
         "summary": "Create an event",
