@@ -4,7 +4,6 @@ import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -15,13 +14,15 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ingest_api.auth import TokenVerifier
-from ingest_api.enqueuer import Enqueuer, KombuEnqueuer, RedisEnqueuer
-from ingest_api.intake import Intake, openapi_paths
+from ingest_api.enqueuer import Enqueuer
+from ingest_api.intake import Intake
+from ingest_api.openapi import document
 from ingest_api.problems import install_problem_handlers
-from ingest_api.routes import events, health, records
+from ingest_api.routes import companies, events, health, people
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
-from shared.contract.problems import Problem
+from shared.broker.writers import BrokerWriter, KombuWriter, RedisWriter
+from shared.contract.queues import ACTIVITY_QUEUE
 from shared.db.engine import create_engine, migration_head
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
@@ -70,31 +71,37 @@ def _redis(settings: Settings, *, timeout: float | None) -> aioredis.Redis:
     )
 
 
-def _document(app: FastAPI) -> None:
-    """Add what FastAPI cannot see: the create route, and the Problem schema errors refer to."""
-    build = app.openapi
+def _writer(settings: Settings, client: aioredis.Redis) -> BrokerWriter:
+    options = {
+        "marker_ttl": settings.queued_marker_ttl_seconds,
+        "max_events_per_message": settings.enqueue_max_events_per_message,
+    }
+    if settings.broker_is_redis:
+        return RedisWriter(client, **options)
+    return KombuWriter(
+        client,
+        settings.celery_broker_url,
+        connect_timeout=settings.enqueue_timeout_seconds,
+        **options,
+    )
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas.update(problem.pop("$defs", {}))
-            schemas["Problem"] = problem
-            for path, operations in openapi_paths(schemas, events.PROBLEMS).items():
-                schema["paths"].setdefault(path, {}).update(operations)
-            schema["components"]["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            }
-            app.openapi_schema = schema
-        return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+def _enqueuer(settings: Settings, client: aioredis.Redis) -> Enqueuer:
+    # A worker pays far more per message than per event, so one-event page-view messages
+    # would cap it at a fraction of what it does with batches: they linger. Leads never wait.
+    return Enqueuer(
+        _writer(settings, client),
+        timeout=settings.enqueue_timeout_seconds,
+        linger={ACTIVITY_QUEUE: settings.enqueue_activity_linger_ms / 1000},
+        flush_events={ACTIVITY_QUEUE: settings.enqueue_activity_flush_events},
+    )
 
 
 def create_app(settings: Settings | None = None) -> Intake:
     settings = settings or get_settings()
     configure_logging(settings)
+    verifier = TokenVerifier(settings)
+    head = migration_head()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,20 +110,11 @@ def create_app(settings: Settings | None = None) -> Intake:
         await check_redis_eviction(client, settings)
         await check_redis_clock(client, settings)
         engine = create_engine(settings)
-        options = {
-            "timeout": settings.enqueue_timeout_seconds,
-            "marker_ttl": settings.queued_marker_ttl_seconds,
-            "max_events_per_message": settings.enqueue_max_events_per_message,
-            "activity_linger": settings.enqueue_activity_linger_ms / 1000,
-            "activity_flush_events": settings.enqueue_activity_flush_events,
-        }
-        enqueuer: Enqueuer = (
-            RedisEnqueuer(client, **options)
-            if settings.broker_is_redis
-            else KombuEnqueuer(client, settings.celery_broker_url, **options)
-        )
-        app.state.ingest = intake.state = IngestState(
+        enqueuer = _enqueuer(settings, client)
+        app.state.ingest = IngestState(
             settings=settings,
+            token_verifier=verifier,
+            migration_head=head,
             redis=client,
             enqueuer=enqueuer,
             waiter=waiter,
@@ -128,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Intake:
         try:
             yield
         finally:
+            del app.state.ingest
             await enqueuer.close()
             await waiter.stop()
             await client.aclose()
@@ -140,14 +139,8 @@ def create_app(settings: Settings | None = None) -> Intake:
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
     )
-    verifier = TokenVerifier(settings)
-    app.state.settings = settings
-    app.state.token_verifier = verifier
-    app.state.migration_head = migration_head()
     install_problem_handlers(app)
-    _document(app)
-    app.include_router(events.router)
-    app.include_router(records.router)
-    app.include_router(health.router)
-    intake = Intake(app, verifier)
-    return intake
+    document(app, settings)
+    for routes in (events, people, companies, health):
+        app.include_router(routes.router)
+    return Intake(app, verifier)

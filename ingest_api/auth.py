@@ -2,19 +2,19 @@
 
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from ingest_api.problems import ProblemError
-from shared.auth import InvalidTokenError, Principal, verify_token_with_expiry
+from shared.auth import READ_SCOPE, InvalidTokenError, Principal, verify_token_with_expiry
 from shared.settings import Settings
 
 
 def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
     async def dependency(request: Request) -> Principal:
         return authorize(
-            request.headers.get("authorization"), request.app.state.token_verifier, scope
+            request.headers.get("authorization"), request.app.state.ingest.token_verifier, scope
         )
 
     return dependency
@@ -72,3 +72,6 @@ class TokenVerifier:
             self._known.clear()  # simple and bounded; a refill costs one verify per client
         self._known[token] = (principal, expires)
         return principal
+
+
+ReaderDep = Annotated[Principal, Depends(require_scope(READ_SCOPE))]

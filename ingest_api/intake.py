@@ -8,29 +8,38 @@ validation with the same model, enqueue. Everything else (reads, health, OpenAPI
 """
 
 import asyncio
-import re
-import zlib
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import orjson
 import structlog
+from fastapi import FastAPI
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from ingest_api.asgi import ASGIApp, Receive, Scope, Send
+from ingest_api.asgi import Receive, Scope, Send
 from ingest_api.auth import TokenVerifier, authorize
-from ingest_api.enqueuer import QueueUnavailableError
+from ingest_api.http_body import (
+    DisconnectedError,
+    check_content_type,
+    gunzip,
+    read_body,
+    send_accepted,
+    wait_seconds,
+)
+from ingest_api.paths import BATCH_PATH, EVENTS_PATH
 from ingest_api.problems import (
     ProblemError,
+    field_errors,
     problem_error_response,
     problem_response,
     validation_problem,
 )
-from ingest_api.responses import EVENTS_PATH, outcome_response, queued_body
+from ingest_api.responses import outcome_response, queued_body
 from ingest_api.state import IngestState
 from shared.auth import WRITE_SCOPE, Principal
+from shared.broker.writers import QueueUnavailableError
 from shared.contract.events import EventIn
 from shared.contract.outcomes import StoredOutcome
 from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE, Envelope, queue_for
@@ -39,7 +48,6 @@ from shared.ids import new_id
 log = structlog.get_logger(__name__)
 
 EVENT_BODY_LIMIT = 32 * 1024
-BATCH_PATH = f"{EVENTS_PATH}/batch"
 BATCH_BODY_LIMIT = 512 * 1024  # after gzip decoding, if any
 BATCH_MAX_EVENTS = 500
 _ALLOWED = {EVENTS_PATH: "GET, POST", BATCH_PATH: "POST"}
@@ -50,76 +58,6 @@ IDEMPOTENT_REPLAYS = Counter("leadstream_idempotent_replays_total", "Repeated Id
 _ACCEPTED = {queue: EVENTS_ACCEPTED.labels(queue) for queue in (LEADS_QUEUE, ACTIVITY_QUEUE)}
 
 Waiting = asyncio.Future[StoredOutcome]
-_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
-_JSON = b"application/json"
-
-
-class _DisconnectedError(Exception):
-    """The client went away before its body arrived: nothing to answer."""
-
-
-def _wait_seconds(prefer: bytes | None, limit: int) -> int | None:
-    match = _WAIT.search(prefer.decode("latin-1")) if prefer else None
-    return min(int(match.group(1)), limit) if match else None
-
-
-def _check_content_type(headers: dict[bytes, bytes]) -> None:
-    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-    if content_type != _JSON and not content_type.endswith(b"+json"):
-        raise ProblemError(
-            415,
-            "Unsupported media type",
-            "send the event as application/json",
-            kind="unsupported-media-type",
-        )
-
-
-def _too_large(limit: int) -> ProblemError:
-    return ProblemError(
-        413, "Payload too large", f"the body exceeds {limit} bytes", kind="payload-too-large"
-    )
-
-
-async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it passes `limit`, declared or streamed."""
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _DisconnectedError
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-        if len(body) > limit:
-            raise _too_large(limit)
-    return body
-
-
-def _gunzip(headers: dict[bytes, bytes], body: bytes, limit: int) -> bytes:
-    """The body, gzip-decoded if so encoded; 413 as soon as it decodes past `limit`."""
-    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-    if encoding == b"identity":
-        return body
-    if encoding != b"gzip":
-        raise ProblemError(
-            415,
-            "Unsupported media type",
-            "Content-Encoding may be gzip or identity",
-            kind="unsupported-media-type",
-        )
-    decoder = zlib.decompressobj(wbits=31)
-    try:
-        decoded = decoder.decompress(body, limit + 1)
-    except zlib.error:
-        raise ProblemError(
-            400, "Malformed body", "the body is not valid gzip", kind="malformed-json"
-        ) from None
-    if len(decoded) > limit:
-        raise _too_large(limit)
-    return decoded
 
 
 def _batch_items(body: bytes) -> list[Any]:
@@ -170,9 +108,8 @@ def _check_idempotency_key(key: str | None) -> None:
 class Intake:
     """The ASGI app uvicorn serves: the POSTs here, every other request to FastAPI."""
 
-    def __init__(self, app: ASGIApp, verifier: TokenVerifier) -> None:
+    def __init__(self, app: FastAPI, verifier: TokenVerifier) -> None:
         self.app, self.verifier = app, verifier
-        self.state: IngestState | None = None  # set by the app's lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else None
@@ -190,7 +127,7 @@ class Intake:
                 await self._create(scope, receive, send)
             else:
                 await self._create_batch(scope, receive, send)
-        except _DisconnectedError:
+        except DisconnectedError:
             return
         except ProblemError as exc:
             await problem_error_response(exc)(scope, receive, send)
@@ -204,8 +141,8 @@ class Intake:
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Queue one event (202), or wait up to N seconds for Sure Send's 201/200 answer."""
         headers = dict(scope["headers"])
-        _check_content_type(headers)
-        body = await _read_body(headers, receive, EVENT_BODY_LIMIT)
+        check_content_type(headers)
+        body = await read_body(headers, receive, EVENT_BODY_LIMIT)
         principal, state = self._authorize(headers)
         raw_key = headers.get(b"idempotency-key")
         key = raw_key.decode("latin-1") if raw_key is not None else None
@@ -215,7 +152,7 @@ class Intake:
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False)
             raise validation_problem(errors, prefix=("body",)) from None
-        wait = _wait_seconds(headers.get(b"prefer"), state.settings.max_wait_seconds)
+        wait = wait_seconds(headers.get(b"prefer"), state.settings.max_wait_seconds)
         envelope = _envelope(
             event, principal.tenant_id, datetime.now(UTC), key, notify=wait is not None
         )
@@ -231,15 +168,15 @@ class Intake:
                 await outcome_response(owner, outcome, extra)(scope, receive, send)
                 return
         extra["Location"] = f"{EVENTS_PATH}/{owner}"
-        await _send_accepted(send, queued_body(owner), extra)
+        await send_accepted(send, queued_body(owner), extra)
 
     async def _create_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Validate each event on its own and queue the good ones together: 202 with a result
         per event, so a bad event never costs its neighbours."""
         headers = dict(scope["headers"])
-        _check_content_type(headers)
-        body = _gunzip(
-            headers, await _read_body(headers, receive, BATCH_BODY_LIMIT), BATCH_BODY_LIMIT
+        check_content_type(headers)
+        body = gunzip(
+            headers, await read_body(headers, receive, BATCH_BODY_LIMIT), BATCH_BODY_LIMIT
         )
         principal, state = self._authorize(headers)
         if b"idempotency-key" in headers:
@@ -258,10 +195,10 @@ class Intake:
             try:
                 event = EventIn.model_validate(item)
             except ValidationError as exc:
-                errors = validation_problem(
+                errors = field_errors(
                     exc.errors(include_url=False, include_input=False),
                     prefix=("body", "events", index),
-                ).errors
+                )
                 results.append({"index": index, "status": "rejected", "errors": errors})
                 continue
             envelope = _envelope(event, principal.tenant_id, received_at, None, notify=False)
@@ -275,16 +212,24 @@ class Intake:
                 raise _unavailable(exc) from None
             for queue, queued in by_queue.items():
                 _ACCEPTED[queue].inc(len(queued))
-        await _send_accepted(send, orjson.dumps({"results": results}), {})
+        await send_accepted(send, orjson.dumps({"results": results}), {})
 
     def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Principal, IngestState]:
         authorization = headers.get(b"authorization")
         principal = authorize(
             authorization.decode("latin-1") if authorization else None, self.verifier, WRITE_SCOPE
         )
-        if self.state is None:
-            raise ProblemError(503, "Starting", "the API is not ready", kind="queue-unavailable")
-        return principal, self.state
+        # Set by the lifespan; uvicorn serves no request before it, an ASGI test client might.
+        state: IngestState | None = getattr(self.app.state, "ingest", None)
+        if state is None:
+            raise ProblemError(
+                503,
+                "Starting",
+                "the API is not ready",
+                kind="not-ready",
+                headers={"Retry-After": "1"},
+            )
+        return principal, state
 
     async def _enqueue(
         self,
@@ -306,9 +251,11 @@ class Intake:
                 owner = await state.enqueuer.enqueue_keyed(
                     envelope, queue=queue, key=key, key_ttl=state.settings.idempotency_ttl_seconds
                 )
-        except QueueUnavailableError as exc:
+        except Exception as exc:
             if waiting is not None:
                 state.waiter.unregister(envelope.id, waiting)
+            if not isinstance(exc, QueueUnavailableError):
+                raise  # a bug: the 500 it becomes must not pass for a busy queue
             ENQUEUE_FAILURES.inc()
             raise _unavailable(exc) from None
         if owner == envelope.id:
@@ -328,17 +275,6 @@ def _unavailable(exc: QueueUnavailableError) -> ProblemError:
     )
 
 
-async def _send_accepted(send: Send, body: bytes, extra: dict[str, str]) -> None:
-    # The hot answer, written as raw ASGI messages: a Response object costs more than this.
-    headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", _JSON),
-        (b"content-length", str(len(body)).encode()),
-        *((name.lower().encode(), value.encode()) for name, value in extra.items()),
-    ]
-    await send({"type": "http.response.start", "status": 202, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 def _envelope(
     event: EventIn, tenant_id: UUID, received_at: datetime, key: str | None, notify: bool
 ) -> Envelope:
@@ -351,96 +287,3 @@ def _envelope(
         notify=notify,
         payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
     )
-
-
-def openapi_paths(schemas: dict[str, Any], problems: dict[int | str, Any]) -> dict[str, Any]:
-    """The routes' OpenAPI operations, since FastAPI cannot see routes it does not serve."""
-    event_in = EventIn.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(event_in.pop("$defs", {}))
-    schemas["EventIn"] = event_in
-    schemas["EventBatch"] = {
-        "type": "object",
-        "required": ["events"],
-        "additionalProperties": False,
-        "properties": {
-            "events": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": BATCH_MAX_EVENTS,
-                "items": {"$ref": "#/components/schemas/EventIn"},
-            }
-        },
-    }
-    schemas["BatchResults"] = {
-        "type": "object",
-        "required": ["results"],
-        "properties": {
-            "results": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["index", "status"],
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "id": {"type": "string", "format": "uuid"},
-                        "status": {"type": "string", "enum": ["queued", "rejected"]},
-                        "errors": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
-            }
-        },
-    }
-
-    def json_content(model: str) -> dict[str, Any]:
-        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}
-
-    def answer(model: str, description: str) -> dict[str, Any]:
-        return {"description": description, "content": json_content(model)}
-
-    errors = {str(code): value for code, value in problems.items()}
-    single = {
-        "tags": ["events"],
-        "summary": "Create an event",
-        "description": "Queue one event (202), or wait up to N seconds for Sure Send's answer.",
-        "operationId": "create_event",
-        "security": [{"bearer": []}],
-        "parameters": [
-            {
-                "name": "Prefer",
-                "in": "header",
-                "required": False,
-                "description": "`wait=N` (N ≤ 30): answer with the outcome, like Sure Send",
-                "schema": {"type": "string"},
-            },
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "required": False,
-                "description": "Same key, same tenant, 24 h: the first event's id, nothing new",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-            },
-        ],
-        "requestBody": {"required": True, "content": json_content("EventIn")},
-        "responses": {
-            "202": answer("Accepted", "Queued"),
-            "200": answer("EventOutcome", "Prefer: wait — person and company existed"),
-            "201": answer("EventOutcome", "Prefer: wait — a person or company created"),
-            **errors,
-        },
-    }
-    batch = {
-        "tags": ["events"],
-        "summary": "Create up to 500 events",
-        "description": (
-            "Each event is validated on its own: the good ones are queued together, the bad ones"
-            " listed with their errors. At most 512 KB; `Content-Encoding: gzip` accepted."
-        ),
-        "operationId": "create_events",
-        "security": [{"bearer": []}],
-        "requestBody": {"required": True, "content": json_content("EventBatch")},
-        "responses": {
-            "202": answer("BatchResults", "A result per event, in order: queued or rejected"),
-            **errors,
-        },
-    }
-    return {EVENTS_PATH: {"post": single}, BATCH_PATH: {"post": batch}}

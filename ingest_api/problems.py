@@ -44,14 +44,21 @@ def problem_response(
     return Response(orjson.dumps(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def field_errors(
+    errors: Sequence[Mapping[str, Any]], *, prefix: tuple[str | int, ...] = ()
+) -> list[dict[str, Any]]:
+    """Pydantic's errors as a problem's errors[]: loc (under `prefix`), msg and type."""
+    return [
+        {"loc": [*prefix, *error["loc"]], "msg": error["msg"], "type": error["type"]}
+        for error in errors
+    ]
+
+
 def validation_problem(
     errors: Sequence[Mapping[str, Any]], *, prefix: tuple[str | int, ...] = ()
 ) -> ProblemError:
     """400 for a body that is not JSON, else 422 naming every wrong field in errors[].loc."""
-    listed = [
-        {"loc": [*prefix, *error["loc"]], "msg": error["msg"], "type": error["type"]}
-        for error in errors
-    ]
+    listed = field_errors(errors, prefix=prefix)
     if any(e["type"] == "json_invalid" for e in listed):
         return ProblemError(
             400,

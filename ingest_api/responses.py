@@ -5,9 +5,9 @@ from uuid import UUID
 import orjson
 from starlette.responses import Response
 
+from ingest_api.paths import EVENTS_PATH
+from ingest_api.problems import problem_response
 from shared.contract.outcomes import StoredOutcome
-
-EVENTS_PATH = "/api/partner/events"
 
 
 def queued_body(event_id: UUID) -> bytes:
@@ -30,3 +30,10 @@ def outcome_response(
         media_type=media,
         headers=headers,
     )
+
+
+def found_response(body: dict[str, object] | None, what: str) -> Response:
+    """The record as JSON, or 404 naming `what`."""
+    if body is None:
+        return problem_response(404, "Not found", f"no {what}", kind="not-found")
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -1,10 +1,13 @@
-"""What a running API process holds: clients made in the lifespan, shared by the routes."""
+"""What a running API process holds, made by the lifespan and shared by every route."""
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import redis.asyncio as aioredis
+from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ingest_api.auth import TokenVerifier
 from ingest_api.enqueuer import Enqueuer
 from ingest_api.waiter import OutcomeWaiter
 from shared.settings import Settings
@@ -13,7 +16,18 @@ from shared.settings import Settings
 @dataclass
 class IngestState:
     settings: Settings
+    token_verifier: TokenVerifier
+    migration_head: str | None
     redis: aioredis.Redis
     enqueuer: Enqueuer
     waiter: OutcomeWaiter
     engine: AsyncEngine
+
+
+async def _state(request: Request) -> IngestState:
+    # async: FastAPI would run a plain function in its thread pool.
+    state: IngestState = request.app.state.ingest
+    return state
+
+
+StateDep = Annotated[IngestState, Depends(_state)]

@@ -6,29 +6,31 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
-import redis
+import redis.asyncio as aioredis
 import typer
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ops import processes
 from ops.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letters
 from ops.local_services import start_services, tenant_with_token
 from shared.auth import ALL_SCOPES, mint_token
-from shared.broker.wire import publish_envelopes
-from shared.contract.outcomes import event_key, queued_marker
+from shared.broker.writers import KombuWriter
 from shared.contract.queues import Envelope
-from shared.db.engine import migrate_database
+from shared.db.engine import create_engine, migrate_database
 from shared.db.tenants import ensure_tenant, find_tenant
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TENANT = "demo"
 PROCESSES = ("web", "worker", "flower")  # the Procfile's long-running entries
+# A replay waits this long for the broker: no HTTP client is waiting on it.
+REPLAY_TIMEOUT_SECONDS = 60.0
 
 app = typer.Typer(help="Leadstream: event ingestion for real-estate CRMs.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
@@ -39,8 +41,14 @@ dlq_app = typer.Typer(
 app.add_typer(dlq_app, name="dlq")
 
 
+def _engine(database_url: str) -> AsyncEngine:
+    """With the lock and statement timeouts of every other engine: a replay must not wait on a
+    worker's lock for ever. A command needs one connection."""
+    return create_engine(Settings(database_url=database_url), pool_size=1)
+
+
 async def _ensure_tenant(database_url: str, name: str, region: str) -> str:
-    engine = create_async_engine(database_url)
+    engine = _engine(database_url)
     try:
         async with engine.begin() as conn:
             return str(await ensure_tenant(conn, name=name, default_region=region))
@@ -49,7 +57,7 @@ async def _ensure_tenant(database_url: str, name: str, region: str) -> str:
 
 
 async def _find_tenant(database_url: str, name: str) -> str | None:
-    engine = create_async_engine(database_url)
+    engine = _engine(database_url)
     try:
         async with engine.connect() as conn:
             found = await find_tenant(conn, name=name)
@@ -101,7 +109,7 @@ def token(
 
 
 async def _with_connection(database_url: str, work: Any, *, commit: bool = False) -> Any:
-    engine = create_async_engine(database_url)
+    engine = _engine(database_url)
     try:
         async with engine.begin() if commit else engine.connect() as conn:
             return await work(conn)
@@ -163,35 +171,43 @@ def dlq_replay(
 ) -> None:
     """Queue dead letters again (after fixing their cause); they are processed like new."""
     settings = Settings()
-    markers = redis.Redis.from_url(settings.redis_url)
-
-    def publish(envelopes: list[Envelope]) -> None:
-        publish_envelopes(settings.celery_broker_url, envelopes)
-        with markers.pipeline(transaction=False) as pipe:
-            for envelope in envelopes:
-                pipe.set(
-                    event_key(envelope.id),
-                    queued_marker(envelope.tenant_id),
-                    ex=settings.queued_marker_ttl_seconds,
-                )
-            pipe.execute()
-
-    replayed = asyncio.run(
-        _with_connection(
-            settings.database_url,
-            lambda conn: replay_dead_letters(
-                conn, publish, reason=reason, since=since, event_ids=event_ids or ()
-            ),
-            commit=True,
-        )
-    )
+    replayed = asyncio.run(_replay(settings, reason=reason, since=since, event_ids=event_ids or []))
     for event_id in replayed:
         typer.echo(event_id)
     typer.echo(f"{len(replayed)} event(s) queued again", err=True)
 
 
+async def _replay(
+    settings: Settings, *, reason: str | None, since: datetime | None, event_ids: list[UUID]
+) -> list[UUID]:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    writer = KombuWriter(
+        client,
+        settings.celery_broker_url,
+        marker_ttl=settings.queued_marker_ttl_seconds,
+        max_events_per_message=settings.enqueue_max_events_per_message,
+        connect_timeout=REPLAY_TIMEOUT_SECONDS,
+    )
+
+    async def publish(by_queue: dict[str, list[Envelope]]) -> None:
+        await writer.write(by_queue, time.time() + REPLAY_TIMEOUT_SECONDS)
+
+    try:
+        replayed: list[UUID] = await _with_connection(
+            settings.database_url,
+            lambda conn: replay_dead_letters(
+                conn, publish, reason=reason, since=since, event_ids=event_ids
+            ),
+            commit=True,
+        )
+    finally:
+        await writer.close()
+        await client.aclose()
+    return replayed
+
+
 async def _demo_tenant(settings: Settings) -> tuple[UUID, str]:
-    engine = create_async_engine(settings.database_url)
+    engine = _engine(settings.database_url)
     try:
         return await tenant_with_token(
             engine,

@@ -1,6 +1,6 @@
 """The dead-letter table: events that cannot succeed as sent, kept for inspection and replay."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
@@ -8,7 +8,7 @@ from uuid import UUID
 from sqlalchemy import Row, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.contract.queues import Envelope
+from shared.contract.queues import Envelope, queue_for
 from shared.db.locks import event_lock_name, lock_all
 from shared.db.tables import DeadLetter
 
@@ -50,7 +50,7 @@ async def get_dead_letter(conn: AsyncConnection, event_id: UUID) -> Row[Any] | N
 
 async def replay_dead_letters(
     conn: AsyncConnection,
-    publish: Callable[[list[Envelope]], None],
+    publish: Callable[[dict[str, list[Envelope]]], Awaitable[None]],
     *,
     reason: str | None = None,
     since: datetime | None = None,
@@ -58,8 +58,10 @@ async def replay_dead_letters(
 ) -> list[UUID]:
     """Queue the matching dead letters again and mark them replayed, in the caller's transaction.
 
-    The events' locks are held until the caller commits, so a worker that receives a replayed
-    event before the commit waits for it, then sees it marked replayed and processes it.
+    `publish` is a broker writer's `write` without its deadline (KombuWriter, as in the API:
+    markers first, then the messages). The events' locks are held until the caller commits, so
+    a worker that receives a replayed event before the commit waits for it, then sees it marked
+    replayed and processes it.
     """
     conditions = _filters(reason=reason, since=since, event_ids=event_ids)
     ids = (await conn.execute(select(dead_t.c.event_id).where(*conditions))).scalars().all()
@@ -73,5 +75,8 @@ async def replay_dead_letters(
         .returning(dead_t.c.event_id, dead_t.c.envelope)
     )
     envelopes = [Envelope.model_validate(row.envelope) for row in rows]
-    publish(envelopes)
+    by_queue: dict[str, list[Envelope]] = {}
+    for envelope in envelopes:
+        by_queue.setdefault(queue_for(str(envelope.payload.get("type"))), []).append(envelope)
+    await publish(by_queue)
     return [e.id for e in envelopes]

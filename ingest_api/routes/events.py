@@ -2,60 +2,26 @@
 
 import base64
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from ingest_api.auth import require_scope
+from ingest_api.auth import ReaderDep
+from ingest_api.openapi import READ_PROBLEMS
+from ingest_api.paths import EVENTS_PATH
 from ingest_api.problems import ProblemError, problem_response
-from ingest_api.responses import EVENTS_PATH, outcome_response
-from ingest_api.state import IngestState
-from shared.auth import READ_SCOPE, Principal
+from ingest_api.responses import outcome_response
+from ingest_api.state import StateDep
 from shared.contract.outcomes import StoredOutcome, event_key
 from shared.contract.responses import Accepted, EventOutcome, Timeline
 from shared.db.reads import load_outcomes, load_person, load_timeline
 
 router = APIRouter(prefix=EVENTS_PATH, tags=["events"])
-
-
-def problems(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for these statuses, each a problem document."""
-    return {
-        code: {
-            "description": text,
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
-        }
-        for code, text in texts.items()
-    }
-
-
-PROBLEMS = problems(
-    {
-        400: "Malformed JSON",
-        401: "Missing or invalid token",
-        403: "Token lacks the scope",
-        404: "Person or company not found (with Prefer: wait)",
-        413: "Body over 32 KB",
-        415: "Not application/json",
-        422: "Invalid event: every wrong field in errors[].loc",
-        503: "Queue unavailable: retry after Retry-After seconds",
-    }
-)
-READ_PROBLEMS = problems(
-    {
-        401: "Missing or invalid token",
-        403: "Token lacks the scope",
-        404: "Unknown, or another tenant's",
-        422: "Invalid parameter: each in errors[].loc",
-    }
-)
 
 
 def _encode_cursor(position: tuple[datetime, UUID]) -> str:
@@ -88,8 +54,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     responses={200: {"model": Timeline}, **READ_PROBLEMS},
 )
 async def read_timeline(
-    request: Request,
-    principal: Annotated[Principal, Depends(require_scope(READ_SCOPE))],
+    state: StateDep,
+    principal: ReaderDep,
     person_id: Annotated[UUID, Query(alias="personId")],
     event_type: Annotated[str | None, Query(alias="type", min_length=1, max_length=64)] = None,
     since: Annotated[AwareDatetime | None, Query()] = None,
@@ -97,7 +63,6 @@ async def read_timeline(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     """Up to `limit` events of the person, newest first; `nextCursor` is null on the last page."""
-    state: IngestState = request.app.state.ingest
     before = _decode_cursor(cursor) if cursor is not None else None
     async with state.engine.connect() as conn:
         if await load_person(conn, tenant_id=principal.tenant_id, person_id=person_id) is None:
@@ -128,11 +93,10 @@ async def read_timeline(
 )
 async def read_event(
     event_id: UUID,
-    request: Request,
-    principal: Annotated[Principal, Depends(require_scope(READ_SCOPE))],
+    state: StateDep,
+    principal: ReaderDep,
 ) -> Response:
     """The outcome while Redis keeps it, then the database; 404 for unknown or foreign ids."""
-    state: IngestState = request.app.state.ingest
     try:
         raw = await state.redis.get(event_key(event_id))
     except (RedisError, OSError):

@@ -1,11 +1,11 @@
 """Liveness, readiness and metrics."""
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
-from ingest_api.state import IngestState
+from ingest_api.state import StateDep
 
 router = APIRouter(tags=["operations"])
 
@@ -16,8 +16,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Redis and PostgreSQL answer and migrations are current")
-async def readyz(request: Request) -> Response:
-    state: IngestState = request.app.state.ingest
+async def readyz(state: StateDep) -> Response:
     checks: dict[str, str] = {}
     try:
         await state.redis.ping()
@@ -27,7 +26,7 @@ async def readyz(request: Request) -> Response:
     try:
         async with state.engine.connect() as conn:
             current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-        head = request.app.state.migration_head
+        head = state.migration_head
         checks["database"] = "ok"
         checks["migrations"] = "ok" if current == head else f"at {current}, head is {head}"
     except Exception as exc:

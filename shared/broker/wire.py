@@ -14,7 +14,7 @@ from uuid import uuid4
 import kombu
 import orjson
 
-from shared.contract.queues import PROCESS_EVENTS_TASK, Envelope, kombu_queues, queue_for
+from shared.contract.queues import PROCESS_EVENTS_TASK, kombu_queues
 
 _ORIGIN = f"leadstream-api@{socket.gethostname()}:{os.getpid()}"
 
@@ -69,18 +69,6 @@ def celery_task_message(*, task: str, queue: str, args: list[Any], argsrepr: str
             },
         }
     )
-
-
-def publish_envelopes(broker_url: str, envelopes: list[Envelope]) -> None:
-    """Queue envelopes from synchronous code (the CLI) through kombu, on any Celery broker."""
-    by_queue: dict[str, list[dict[str, Any]]] = {}
-    for envelope in envelopes:
-        by_queue.setdefault(queue_for(str(envelope.payload.get("type"))), []).append(
-            envelope.to_wire()
-        )
-    with kombu.Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
-        for queue, wires in by_queue.items():
-            publish_wires(connection, queue, [wires])
 
 
 def task_message(queue: str, chunk: list[dict[str, Any]]) -> bytes:

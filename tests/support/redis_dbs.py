@@ -1,7 +1,7 @@
 """The Redis db numbers the tests use, all derived from one base: LEADSTREAM_TEST_REDIS_DB.
 
-A test run claims the five dbs base-4 .. base (mod 16), so runs on one machine whose bases are
-at least 5 apart (say 15, 10, 5) never flush or consume each other's keys. base-1 is left
+A test run claims the dbs base-3 .. base (mod 16), so runs on one machine whose bases are at
+least 4 apart (say 15, 11, 7) never flush or consume each other's keys. base-1 is left
 unused: with the default base 15 that is db 14, the full bench's (`bench.run`), which may run
 beside the suite.
 """
@@ -18,7 +18,6 @@ def _below(offset: int) -> int:
 SESSION = BASE  # the session's worker, API and outcome store
 BENCH_SMOKE = _below(2)  # the tiny bench run
 PIPELINE_OWN_WORKER = _below(3)  # a worker of one test's own, with different settings
-UNCONSUMED = _below(4)  # messages no worker takes, for a test to read
 
 
 def redis_url_with_db(url: str, db: int) -> str:

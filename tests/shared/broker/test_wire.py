@@ -12,17 +12,15 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
-from ingest_api.enqueuer import RedisEnqueuer
+from ingest_api.enqueuer import Enqueuer
 from shared.broker.wire import celery_task_message
+from shared.broker.writers import RedisWriter
 from shared.contract.queues import (
-    ACTIVITY_QUEUE,
-    LEADS_QUEUE,
     PROCESS_EVENTS_TASK,
     Envelope,
     queue_for,
 )
 from shared.settings import Settings
-from tests.support.redis_dbs import UNCONSUMED, redis_url_with_db
 
 
 @pytest.fixture
@@ -63,12 +61,12 @@ def test_leads_and_activity_routing() -> None:
     assert queue_for("page_view") == queue_for("my_custom_type") == "activity"
 
 
-async def test_page_views_share_a_message_until_it_is_full(settings: Settings) -> None:
-    """A full message goes out at once, however long the linger; a lone one after the linger."""
-    # A database no worker consumes from, so the messages stay for the test to read.
-    url = redis_url_with_db(settings.redis_url, UNCONSUMED)
-    client = aioredis.Redis.from_url(url)
-    await client.flushdb()
+async def test_a_lingering_queue_shares_a_message_until_it_is_full(
+    client: aioredis.Redis, queues: tuple[str, str]
+) -> None:
+    """A full message goes out at once, however long the linger; a lone one after the linger;
+    a queue without a linger never waits."""
+    lingering, eager = queues
     tenant = uuid.uuid4()
 
     def envelope() -> Envelope:
@@ -82,18 +80,15 @@ async def test_page_views_share_a_message_until_it_is_full(settings: Settings) -
     def events_per_message(raw: list[bytes]) -> list[int]:
         return [len(json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]) for m in raw]
 
-    options = {"timeout": 0.5, "marker_ttl": 60, "max_events_per_message": 200}
-    try:
-        # Had the 60 s linger not been cut short by the third event, all would answer 503.
-        full = RedisEnqueuer(client, activity_linger=60, activity_flush_events=3, **options)
-        await asyncio.gather(*(full.enqueue(envelope(), queue=ACTIVITY_QUEUE) for _ in range(3)))
-        assert events_per_message(await client.lrange(ACTIVITY_QUEUE, 0, -1)) == [3]
+    writer = RedisWriter(client, marker_ttl=60, max_events_per_message=200)
+    flush = {lingering: 3}
+    # Had the 60 s linger not been cut short by the third event, all would answer 503.
+    full = Enqueuer(writer, timeout=0.5, linger={lingering: 60}, flush_events=flush)
+    await asyncio.gather(*(full.enqueue(envelope(), queue=lingering) for _ in range(3)))
+    assert events_per_message(await client.lrange(lingering, 0, -1)) == [3]
 
-        lone = RedisEnqueuer(client, activity_linger=0.05, activity_flush_events=3, **options)
-        await lone.enqueue(envelope(), queue=ACTIVITY_QUEUE)
-        await lone.enqueue(envelope(), queue=LEADS_QUEUE)
-        assert events_per_message(await client.lrange(ACTIVITY_QUEUE, 0, -1)) == [1, 3]
-        assert events_per_message(await client.lrange(LEADS_QUEUE, 0, -1)) == [1]
-    finally:
-        await client.flushdb()
-        await client.aclose()
+    lone = Enqueuer(writer, timeout=0.5, linger={lingering: 0.05}, flush_events=flush)
+    await lone.enqueue(envelope(), queue=lingering)
+    await lone.enqueue(envelope(), queue=eager)
+    assert events_per_message(await client.lrange(lingering, 0, -1)) == [1, 3]
+    assert events_per_message(await client.lrange(eager, 0, -1)) == [1]

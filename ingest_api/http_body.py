@@ -1,0 +1,90 @@
+"""HTTP bodies for the plain-ASGI routes: content type, limits, gzip, `Prefer`, the raw 202."""
+
+import re
+import zlib
+
+from ingest_api.asgi import Receive, Send
+from ingest_api.problems import ProblemError
+
+JSON = b"application/json"
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
+
+
+class DisconnectedError(Exception):
+    """The client went away before its body arrived: nothing to answer."""
+
+
+def wait_seconds(prefer: bytes | None, limit: int) -> int | None:
+    """`Prefer: wait=N`'s N, capped at `limit`; None without one."""
+    match = _WAIT.search(prefer.decode("latin-1")) if prefer else None
+    return min(int(match.group(1)), limit) if match else None
+
+
+def check_content_type(headers: dict[bytes, bytes]) -> None:
+    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if content_type != JSON and not content_type.endswith(b"+json"):
+        raise ProblemError(
+            415,
+            "Unsupported media type",
+            "send the event as application/json",
+            kind="unsupported-media-type",
+        )
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(
+        413, "Payload too large", f"the body exceeds {limit} bytes", kind="payload-too-large"
+    )
+
+
+async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it passes `limit`, declared or streamed."""
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise DisconnectedError
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > limit:
+            raise _too_large(limit)
+    return body
+
+
+def gunzip(headers: dict[bytes, bytes], body: bytes, limit: int) -> bytes:
+    """The body, gzip-decoded if so encoded; 413 as soon as it decodes past `limit`."""
+    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+    if encoding == b"identity":
+        return body
+    if encoding != b"gzip":
+        raise ProblemError(
+            415,
+            "Unsupported media type",
+            "Content-Encoding may be gzip or identity",
+            kind="unsupported-media-type",
+        )
+    decoder = zlib.decompressobj(wbits=31)
+    try:
+        decoded = decoder.decompress(body, limit + 1)
+    except zlib.error:
+        raise ProblemError(
+            400, "Malformed body", "the body is not valid gzip", kind="malformed-body"
+        ) from None
+    if len(decoded) > limit:
+        raise _too_large(limit)
+    return decoded
+
+
+async def send_accepted(send: Send, body: bytes, extra: dict[str, str]) -> None:
+    """202 with a JSON body, written as raw ASGI messages: a Response object costs more."""
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", JSON),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in extra.items()),
+    ]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
