@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 import structlog
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
+from fastapi_offline import FastAPIOffline
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -132,7 +133,9 @@ def create_app(settings: Settings | None = None) -> Intake:
             await client.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    # /docs from assets the API serves itself (a package's copy of Swagger UI), not a CDN: it
+    # renders on a machine with no internet.
+    app = FastAPIOffline(
         title="Leadstream",
         version="1",
         summary="Event ingestion compatible with Sure Send's POST /api/partner/events.",

@@ -8,6 +8,7 @@ import base64
 import gzip
 import json
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -76,8 +77,15 @@ SETTINGS = Settings(
 TENANT = uuid.uuid4()
 
 
-def _token(*scopes: str, ttl: int = 60) -> str:
-    return mint_token(SETTINGS, tenant_id=TENANT, scopes=scopes or (WRITE_SCOPE,), ttl_seconds=ttl)
+def _token(*scopes: str) -> str:
+    return mint_token(SETTINGS, tenant_id=TENANT, scopes=scopes or (WRITE_SCOPE,), ttl_seconds=60)
+
+
+def _expired_token() -> str:
+    # mint_token refuses a lifetime that is already over: sign one by hand.
+    now = int(time.time())
+    claims = {"iss": "leadstream", "tid": str(TENANT), "scope": WRITE_SCOPE, "iat": now - 70}
+    return jwt.encode({**claims, "exp": now - 10}, SETTINGS.jwt_secret, algorithm="HS256")
 
 
 @pytest.fixture
@@ -199,7 +207,7 @@ async def test_malformed_json_wrong_type_oversize_bodies_and_methods(
 async def test_auth_is_required_and_scoped(anonymous: httpx.AsyncClient) -> None:
     missing = _problem(await anonymous.post(EVENTS, json=PAGE_VIEW), 401, "unauthorized")
     assert missing["detail"].startswith("send Authorization")
-    for header in ("Bearer x.y.z", f"Bearer {_token(ttl=-10)}", f"Basic {_token()}"):
+    for header in ("Bearer x.y.z", f"Bearer {_expired_token()}", f"Basic {_token()}"):
         response = await anonymous.post(EVENTS, json=PAGE_VIEW, headers={"Authorization": header})
         _problem(response, 401, "unauthorized")
         assert response.headers["www-authenticate"].startswith("Bearer")
