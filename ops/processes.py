@@ -134,6 +134,17 @@ def _signal(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         pass
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `host:port` now."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (on 127.0.0.1)."""
     with socket.socket() as sock:

@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
+import phonenumbers
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,6 +22,9 @@ class Settings(BaseSettings):
     # Celery's broker; empty means redis_url. An amqp:// URL moves the queues to RabbitMQ.
     broker_url: str = ""
 
+    # Where `make run` finds PostgreSQL and Redis: `auto` (the URLs, else localhost, else
+    # containers, else embedded servers), `local` (localhost only) or `embedded` (never localhost).
+    services: Literal["auto", "local", "embedded"] = "auto"
     # Local state of `make run` and the CLI: embedded servers' data, the generated JWT secret.
     data_dir: Path = Path(__file__).resolve().parents[1] / ".data"
     # Empty: outside prod, a random secret generated once and kept in data_dir (mode 0600).
@@ -60,6 +64,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        return known_region(value)
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_url(cls, value: str) -> str:
@@ -88,6 +97,14 @@ class Settings(BaseSettings):
     @property
     def broker_is_redis(self) -> bool:
         return self.celery_broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
+
+
+def known_region(value: str) -> str:
+    """An ISO 3166 alpha-2 region phonenumbers knows (`gb` → `GB`); ValueError otherwise."""
+    region = value.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown phone region {value!r}: use an ISO 3166 code such as US, GB, DE")
+    return region
 
 
 def local_secret(path: Path) -> str:
