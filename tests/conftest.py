@@ -37,6 +37,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     yield found
     if found.database_origin != "env":  # ours: leave the server as we found it
         asyncio.run(drop_database(found.database_url))
+    for db in redis_dbs.ALL:  # and leave no keys behind for the next run to trip on
+        redis.Redis.from_url(redis_dbs.redis_url_with_db(found.redis_url, db)).flushdb()
     found.close()
 
 
