@@ -7,6 +7,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.tenants import ensure_tenant
+from shared.settings import Settings
 from tests.support.processes import REPO, WorkerProcess
 from tests.support.walkthrough import check_walkthrough, walkthrough
 
@@ -33,3 +34,10 @@ async def test_readme_walkthrough_runs(
         check=False,
     )
     check_walkthrough(result)
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Configuration")[1].split("\n## ")[0]
+    missing = [n for n in Settings.model_fields if f"`LEADSTREAM_{n.upper()}`" not in table]
+    assert not missing, f"settings missing from README's table: {missing}"
