@@ -14,7 +14,7 @@ from shared.db.tables import Event, Person, PersonEmail, PersonPhone
 from shared.settings import Settings
 from tests.support.messages import envelope, totals
 from tests.support.tenants import Tenant, make_tenant
-from worker.processing import commit_batch
+from worker.unit_of_work import commit_batch
 
 
 async def run(engine: AsyncEngine, envelopes: list[Envelope]) -> dict[uuid.UUID, StoredOutcome]:
