@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import redis
-import structlog
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from redis.backoff import ExponentialBackoff
@@ -21,7 +20,6 @@ from shared.settings import Settings, get_settings
 
 settings = get_settings()
 configure_logging(settings)
-log = structlog.get_logger(__name__)
 
 app = Celery("leadstream", broker=settings.celery_broker_url, include=["worker.tasks"])
 app.conf.update(
