@@ -67,6 +67,7 @@ async def commit_batch(engine: AsyncEngine, envelopes: list[Envelope]) -> BatchR
                 raise _unavailable(exc) from exc
             if failure is Failure.POISON:
                 return await _bisect(engine, envelopes, exc)
+        # Failure.RERUN: a lost race (DuplicateEventError included); the rerun sees the winner.
         reruns += 1
         if reruns >= _RERUN_ATTEMPTS:
             raise TransientError("lock contention persisted")
