@@ -58,7 +58,7 @@ def _envelope(tenant_id: uuid.UUID, visitor: str) -> Envelope:
 
 
 async def measure(settings: Settings, sizes: list[int], repeats: int) -> list[str]:
-    from worker.processing import commit_batch, publish_outcomes
+    from worker.unit_of_work import commit_batch, publish_outcomes
 
     engine = create_engine(settings, pool_size=2)
     statements = 0

@@ -2,18 +2,15 @@
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, Table, select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.contract.queues import Envelope, queue_for
-from shared.db.locks import event_lock_name, lock_all
-from shared.db.tables import DeadLetter
-
-# DeclarativeBase types __table__ as a FromClause; it is a Table.
-dead_t = cast(Table, DeadLetter.__table__)
+from shared.db.locks import event_lock, lock_all
+from shared.db.tables import dead_letters_t as dead_t
 
 
 def _filters(*, reason: str | None, since: datetime | None, event_ids: Sequence[UUID]) -> list[Any]:
@@ -67,7 +64,7 @@ async def replay_dead_letters(
     ids = (await conn.execute(select(dead_t.c.event_id).where(*conditions))).scalars().all()
     if not ids:
         return []
-    await lock_all(conn, (event_lock_name(i) for i in ids))
+    await lock_all(conn, (event_lock(i) for i in ids))
     rows = await conn.execute(
         update(dead_t)
         .where(dead_t.c.event_id.in_(ids), dead_t.c.replayed_at.is_(None))

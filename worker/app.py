@@ -1,17 +1,13 @@
-"""The Celery app: configuration, the per-process runtime, and the one task decorator."""
+"""The Celery app: its configuration and the per-process runtime (tasks are in tasks.py)."""
 
 import asyncio
-import functools
 import os
-import random
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
-import structlog
-from celery import Celery, Task
+from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -21,11 +17,9 @@ from shared.contract.queues import ACTIVITY_QUEUE, kombu_queues
 from shared.db.engine import create_engine
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
-from worker.errors import TransientError
 
 settings = get_settings()
 configure_logging(settings)
-log = structlog.get_logger(__name__)
 
 app = Celery("leadstream", broker=settings.celery_broker_url, include=["worker.tasks"])
 app.conf.update(
@@ -62,6 +56,15 @@ if settings.task_time_limit_seconds >= settings.visibility_timeout_seconds:
     raise RuntimeError("visibility_timeout must exceed the task time limit, or tasks run twice")
 
 
+T = TypeVar("T")
+_Handler = Callable[..., None]
+
+
+def _on(signal: Any) -> Callable[[_Handler], _Handler]:
+    """`signal.connect` as a typed decorator (Celery's signals are untyped)."""
+    return cast(Callable[[_Handler], _Handler], signal.connect)
+
+
 @dataclass
 class Runtime:
     """One event loop, database engine and Redis client per worker process."""
@@ -72,9 +75,7 @@ class Runtime:
     redis: redis.Redis
     settings: Settings
 
-    T = TypeVar("T")
-
-    def run(self, coro: Coroutine[Any, Any, "Runtime.T"]) -> "Runtime.T":
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
 
@@ -101,64 +102,13 @@ def runtime() -> Runtime:
     return _runtime
 
 
-@worker_process_init.connect
+@_on(worker_process_init)
 def _init_process(**_: Any) -> None:
     runtime()
 
 
-@worker_process_shutdown.connect
+@_on(worker_process_shutdown)
 def _shutdown_process(**_: Any) -> None:
     if _runtime is not None and _runtime.pid == os.getpid():
         _runtime.run(_runtime.engine.dispose())
         _runtime.redis.close()
-
-
-def retry_countdown(retries: int) -> float:
-    """Exponential backoff with full jitter, capped well inside the soft time limit."""
-    return random.uniform(0, min(20.0, 2.0**retries))
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def leadstream_task(*, name: str) -> Callable[[F], Task]:
-    """The one way to declare a task: stable name, acks late, retries on TransientError forever.
-
-    Transient failures never drop an accepted event: the task is retried with backoff until
-    the database is back. Anything else is a bug in one event, which the task isolates itself.
-    """
-
-    def decorate(fn: F) -> Task:
-        @functools.wraps(fn)
-        def run(self: Task, *args: Any, **kwargs: Any) -> Any:
-            structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(
-                task_id=self.request.id, task=name, pid=os.getpid()
-            )
-            try:
-                return fn(self, *args, **kwargs)
-            except TransientError as exc:
-                # Back off here, then requeue at once: a countdown would make an ETA message,
-                # which RabbitMQ's quorum queues cannot hold without extra exchanges.
-                delay = min(
-                    retry_countdown(self.request.retries), settings.task_time_limit_seconds / 4
-                )
-                log.warning(
-                    "task.retry",
-                    error=str(exc),
-                    retries=self.request.retries,
-                    delay=round(delay, 2),
-                )
-                time.sleep(delay)
-                raise self.retry(exc=exc, countdown=0) from exc
-
-        return app.task(
-            name=name,
-            bind=True,
-            acks_late=True,
-            reject_on_worker_lost=True,
-            ignore_result=True,
-            max_retries=None,
-        )(run)
-
-    return decorate

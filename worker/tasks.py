@@ -1,29 +1,100 @@
-"""Tasks: thin wrappers that parse the message and hand over to processing."""
+"""The one task decorator with the retry policy, and the task: parse, hand over, publish."""
 
+import functools
+import os
+import random
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 from celery import Task
 
 from shared.contract.queues import PROCESS_EVENTS_TASK, Envelope
-from worker.app import leadstream_task, runtime
-from worker.errors import TransientError
-from worker.processing import commit_batch, dead_letter_batch, publish_outcomes
+from worker.app import app, runtime, settings
+from worker.errors import Failure, TransientError, classify
+from worker.unit_of_work import commit_batch, dead_letter_batch, publish_outcomes
 
 log = structlog.get_logger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff with full jitter, capped at 20 s (and at a quarter of the hard limit
+    by the decorator)."""
+    return random.uniform(0, min(20.0, 2.0**retries))
+
+
+def retries_exhausted(task: Task) -> bool:
+    """Whether the task has been retried `task_max_retries` times: time for its fallback."""
+    return int(task.request.retries) >= settings.task_max_retries
+
+
+def leadstream_task(*, name: str) -> Callable[[F], Task]:
+    """The one way to declare a task: stable name, acks late, and the retry policy.
+
+    A failure `classify` calls transient is retried with backoff, without end, so a transient
+    failure never drops an accepted event; once `retries_exhausted`, a task takes its fallback
+    (which may itself fail transiently and be retried). Anything else is a bug in one event,
+    which the unit of work isolates itself.
+    """
+
+    def decorate(fn: F) -> Task:
+        @functools.wraps(fn)
+        def run(self: Task, *args: Any, **kwargs: Any) -> Any:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(
+                task_id=self.request.id, task=name, pid=os.getpid()
+            )
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as exc:
+                if classify(exc) is not Failure.TRANSIENT:
+                    raise
+                # Back off here, then requeue at once: a countdown would make an ETA message,
+                # which RabbitMQ's quorum queues cannot hold without extra exchanges.
+                delay = min(
+                    retry_countdown(self.request.retries), settings.task_time_limit_seconds / 4
+                )
+                log.warning(
+                    "task.retry",
+                    error=str(exc),
+                    retries=self.request.retries,
+                    delay=round(delay, 2),
+                )
+                time.sleep(delay)
+                raise self.retry(exc=exc, countdown=0) from exc
+
+        task: Task = app.task(
+            name=name,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            max_retries=None,
+        )(run)
+        return task
+
+    return decorate
 
 
 @leadstream_task(name=PROCESS_EVENTS_TASK)
 def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
     """Match, store and publish a batch of events queued by the API."""
     parsed = [Envelope.model_validate(e) for e in envelopes]
+    if parsed:
+        # Per message, not per event: the first envelope's ids, and how many came with it.
+        first = parsed[0]
+        structlog.contextvars.bind_contextvars(
+            event_id=str(first.id), tenant_id=str(first.tenant_id), events=len(parsed)
+        )
     rt = runtime()
     started = time.perf_counter()
     try:
         result = rt.run(commit_batch(rt.engine, parsed))
     except TransientError as exc:
-        if self.request.retries < rt.settings.task_max_retries:
+        if not retries_exhausted(self):
             raise
         # Retried for long enough: park the events as dead letters (replayable). If even that
         # fails, the database is down and the task keeps retrying: nothing is dropped.

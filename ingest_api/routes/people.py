@@ -62,10 +62,10 @@ async def find_person(
                 raise _invalid("email", str(exc)) from None
         elif phone is not None:
             region = await tenant_region(conn, principal.tenant_id)
+            if region is None:  # the tenant no longer exists: nobody to find
+                return found_response(None, "person with that e-mail or phone")
             try:
-                phone = normalize_phone(
-                    check_phone(phone), region or state.settings.default_phone_region
-                )
+                phone = normalize_phone(check_phone(phone), region)
             except InvalidIdentityError as exc:
                 raise _invalid("phone", str(exc)) from None
         body = await load_person(conn, tenant_id=principal.tenant_id, email=email, phone=phone)

@@ -1,7 +1,12 @@
-"""Transaction-level advisory locks named by strings, for rows that may not exist yet."""
+"""Transaction-level advisory locks named by strings, for rows that may not exist yet.
+
+One builder per namespace. A name is hashed into the lock key, so its spelling is part of the
+contract between versions: a worker and a replay of different versions must lock the same key.
+"""
 
 import hashlib
 from collections.abc import Iterable
+from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,7 +21,35 @@ def lock_key(name: str) -> int:
     )
 
 
-def event_lock_name(event_id: object) -> str:
+def email_lock(tenant_id: UUID, email: str) -> str:
+    return f"{tenant_id}|e|{email}"
+
+
+def phone_lock(tenant_id: UUID, phone: str) -> str:
+    return f"{tenant_id}|p|{phone}"
+
+
+def person_id_lock(tenant_id: UUID, person_id: UUID) -> str:
+    return f"{tenant_id}|pi|{person_id}"
+
+
+def visitor_lock(tenant_id: UUID, visitor_id: str) -> str:
+    return f"{tenant_id}|v|{visitor_id}"
+
+
+def company_key_lock(tenant_id: UUID, company_key: str) -> str:
+    return f"{tenant_id}|c|{company_key}"
+
+
+def company_id_lock(tenant_id: UUID, company_id: UUID) -> str:
+    return f"{tenant_id}|ci|{company_id}"
+
+
+def idempotency_lock(tenant_id: UUID, key: str) -> str:
+    return f"{tenant_id}|k|{key}"
+
+
+def event_lock(event_id: UUID) -> str:
     """Held by whoever decides an event's fate: the worker, or a dead-letter replay."""
     return f"ev|{event_id}"
 

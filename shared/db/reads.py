@@ -6,14 +6,48 @@ routes (timeline, people, companies) use the same builders, so a record looks th
 everywhere.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.contract.outcomes import StoredOutcome
+
+Getter = Callable[[Sequence[Any]], tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class _Select:
+    """A SELECT list described once, as column name -> SQL; rows are read by these names."""
+
+    columns: dict[str, str]
+
+    @property
+    def sql(self) -> str:
+        return ", ".join(self.columns.values())
+
+    def get(self, *names: str, start: int = 0) -> Getter:
+        """The named columns' values of a row in which this list starts at `start`, in the
+        order named (one C call per row, however many columns)."""
+        order = list(self.columns)
+        pick = itemgetter(*(start + order.index(name) for name in names))
+        return pick if len(names) > 1 else lambda row: (pick(row),)
+
+
+def _columns(alias: str, *names: str) -> dict[str, str]:
+    return {name: f"{alias}.{name}" for name in names}
+
+
+def _contacts_of(table: str) -> str:
+    # Primary first, then oldest: the order a person's contact points are shown in.
+    order = "x.is_primary DESC, x.created_at, x.value"
+    points = f"array_agg(ROW(x.value, x.type, x.is_primary) ORDER BY {order})"
+    return f"(SELECT {points} FROM {table} x WHERE x.person_id = p.id)"  # noqa: S608 (a constant table name)
+
 
 # Event columns echoed back under their wire names when they are set, in body order.
 _EVENT_FIELDS = {
@@ -30,15 +64,7 @@ _EVENT_FIELDS = {
     "ip_address": "ipAddress",
     "user_agent": "userAgent",
 }
-_EVENT_WIRE_NAMES = tuple(_EVENT_FIELDS.values())
 _JSONB_FIELDS = {"property", "property_search", "metadata"}
-
-
-def _contacts_of(table: str) -> str:
-    # Primary first, then oldest: the order a person's contact points are shown in.
-    order = "x.is_primary DESC, x.created_at, x.value"
-    points = f"array_agg(ROW(x.value, x.type, x.is_primary) ORDER BY {order})"
-    return f"(SELECT {points} FROM {table} x WHERE x.person_id = p.id)"  # noqa: S608 (a constant table name)
 
 
 def _event_column(column: str) -> str:
@@ -47,30 +73,65 @@ def _event_column(column: str) -> str:
     return f"NULLIF(e.{column}, 'null')" if column in _JSONB_FIELDS else f"e.{column}"
 
 
-# Columns read by position: the builders below unpack them in this order.
-_EVENT_COLUMNS = f"""
-e.id, e.tenant_id, e.person_id, e.company_id, e.event_type, e.occurred_at, e.created_at,
-e.was_person_created, e.was_company_created, NULLIF(e.match_conflict, 'null'),
-{", ".join(_event_column(column) for column in _EVENT_FIELDS)}
-"""
-_PERSON_COLUMNS = f"""
-p.id, p.first_name, p.last_name, p.tags, p.source, p.stage, p.company_id, p.created_at,
-p.updated_at, {_contacts_of("person_emails")}, {_contacts_of("person_phones")}
-"""
-_COMPANY_COLUMNS = """
-c.id, c.name, c.website, c.industry, c.company_size, c.description, c.created_at, c.updated_at
-"""
+_EVENT = _Select(
+    {
+        **_columns(
+            "e",
+            "id",
+            "tenant_id",
+            "person_id",
+            "company_id",
+            "event_type",
+            "occurred_at",
+            "created_at",
+            "was_person_created",
+            "was_company_created",
+        ),
+        "match_conflict": "NULLIF(e.match_conflict, 'null')",
+        **{column: _event_column(column) for column in _EVENT_FIELDS},
+    }
+)
+_PERSON = _Select(
+    {
+        **_columns(
+            "p",
+            "id",
+            "first_name",
+            "last_name",
+            "tags",
+            "source",
+            "stage",
+            "company_id",
+            "created_at",
+            "updated_at",
+        ),
+        "emails": _contacts_of("person_emails"),
+        "phones": _contacts_of("person_phones"),
+    }
+)
+_COMPANY = _Select(
+    _columns(
+        "c",
+        "id",
+        "name",
+        "website",
+        "industry",
+        "company_size",
+        "description",
+        "created_at",
+        "updated_at",
+    )
+)
 
 # Every event with its person (and contact points) and company in one round trip.
 _OUTCOMES = f"""
-SELECT {_EVENT_COLUMNS}, {_PERSON_COLUMNS}, {_COMPANY_COLUMNS}
+SELECT {_EVENT.sql}, {_PERSON.sql}, {_COMPANY.sql}
 FROM events e
 LEFT JOIN people p ON p.id = e.person_id
 LEFT JOIN companies c ON c.id = e.company_id
 WHERE e.id = ANY($1::uuid[]) AND ($2::uuid IS NULL OR e.tenant_id = $2::uuid)
 """  # noqa: S608 (names from this module; values are parameters)
-_EVENT_END = 10 + len(_EVENT_FIELDS)
-_PERSON_END = _EVENT_END + 11
+_IN_OUTCOME = {"person": len(_EVENT.columns), "company": len(_EVENT.columns) + len(_PERSON.columns)}
 
 _DEAD_LETTERS = """
 SELECT event_id, tenant_id, problem FROM dead_letters
@@ -80,7 +141,7 @@ WHERE event_id = ANY($1::uuid[]) AND ($2::uuid IS NULL OR tenant_id = $2::uuid)
 
 # A person's events, newest first, after a keyset position (occurred_at, id) if one is given.
 _TIMELINE = f"""
-SELECT {_EVENT_COLUMNS} FROM events e
+SELECT {_EVENT.sql} FROM events e
 WHERE e.tenant_id = $1 AND e.person_id = $2
   AND ($3::text IS NULL OR e.event_type = $3) AND ($4::timestamptz IS NULL OR e.occurred_at >= $4)
   AND ($5::timestamptz IS NULL OR (e.occurred_at, e.id) < ($5, $6::uuid))
@@ -88,21 +149,63 @@ ORDER BY e.occurred_at DESC, e.id DESC
 LIMIT $7
 """  # noqa: S608 (names from this module; values are parameters)
 
-_PERSON = f"""
-SELECT {_PERSON_COLUMNS} FROM people p
+_PERSON_BY_ID_OR_IDENTITY = f"""
+SELECT {_PERSON.sql} FROM people p
 WHERE p.tenant_id = $1 AND p.id = COALESCE(
     $2::uuid,
     (SELECT person_id FROM person_emails WHERE tenant_id = $1 AND value = $3),
     (SELECT person_id FROM person_phones WHERE tenant_id = $1 AND value = $4))
 """  # noqa: S608 (names from this module; values are parameters)
 
-_COMPANY = f"""
-SELECT {_COMPANY_COLUMNS} FROM companies c WHERE c.tenant_id = $1 AND c.id = $2
+_COMPANY_BY_ID = f"""
+SELECT {_COMPANY.sql} FROM companies c WHERE c.tenant_id = $1 AND c.id = $2
 """  # noqa: S608 (names from this module; values are parameters)
+
+# Readers, by column name.
+_EVENT_HEAD = _EVENT.get("id", "person_id", "company_id", "event_type", "occurred_at", "created_at")
+_EVENT_ECHOED = _EVENT.get(*_EVENT_FIELDS)
+_EVENT_WIRE_NAMES = tuple(_EVENT_FIELDS.values())
+_EVENT_OUTCOME = _EVENT.get(
+    "id",
+    "tenant_id",
+    "person_id",
+    "company_id",
+    "was_person_created",
+    "was_company_created",
+    "match_conflict",
+)
+_TIMELINE_POSITION = _EVENT.get("occurred_at", "id")
+_PERSON_FIELDS = (
+    "id",
+    "first_name",
+    "last_name",
+    "tags",
+    "source",
+    "stage",
+    "company_id",
+    "created_at",
+    "updated_at",
+    "emails",
+    "phones",
+)
+_PERSON_ALONE = _PERSON.get(*_PERSON_FIELDS)
+_PERSON_IN_OUTCOME = _PERSON.get(*_PERSON_FIELDS, start=_IN_OUTCOME["person"])
+_COMPANY_FIELDS = (
+    "id",
+    "name",
+    "website",
+    "industry",
+    "company_size",
+    "description",
+    "created_at",
+    "updated_at",
+)
+_COMPANY_ALONE = _COMPANY.get(*_COMPANY_FIELDS)
+_COMPANY_IN_OUTCOME = _COMPANY.get(*_COMPANY_FIELDS, start=_IN_OUTCOME["company"])
 
 
 def _event_body(row: Sequence[Any]) -> dict[str, Any]:
-    event_id, _, person_id, company_id, event_type, occurred_at, created_at = row[:7]
+    event_id, person_id, company_id, event_type, occurred_at, created_at = _EVENT_HEAD(row)
     body: dict[str, Any] = {"id": str(event_id)}
     if person_id is not None:
         body["personId"] = str(person_id)
@@ -111,7 +214,7 @@ def _event_body(row: Sequence[Any]) -> dict[str, Any]:
     body["eventType"] = event_type
     body["occurredAt"] = occurred_at.isoformat()
     body["createdAt"] = created_at.isoformat()
-    for name, value in zip(_EVENT_WIRE_NAMES, row[10:_EVENT_END], strict=True):
+    for name, value in zip(_EVENT_WIRE_NAMES, _EVENT_ECHOED(row), strict=True):
         if value is not None:
             body[name] = value
     return body
@@ -127,7 +230,7 @@ def _contact_points(points: Sequence[Sequence[Any]] | None) -> list[dict[str, An
     return result
 
 
-def _person_body(row: Sequence[Any]) -> dict[str, Any]:
+def _person_body(row: Sequence[Any], get: Getter = _PERSON_ALONE) -> dict[str, Any]:
     (
         person_id,
         first_name,
@@ -140,7 +243,7 @@ def _person_body(row: Sequence[Any]) -> dict[str, Any]:
         updated_at,
         emails,
         phones,
-    ) = row
+    ) = get(row)
     name = " ".join(part for part in (first_name, last_name) if part) or None
     body: dict[str, Any] = {"id": str(person_id)}
     for key, value in (("firstName", first_name), ("lastName", last_name), ("name", name)):
@@ -160,8 +263,10 @@ def _person_body(row: Sequence[Any]) -> dict[str, Any]:
     return body
 
 
-def _company_body(row: Sequence[Any]) -> dict[str, Any]:
-    company_id, name, website, industry, company_size, description, created_at, updated_at = row
+def _company_body(row: Sequence[Any], get: Getter = _COMPANY_ALONE) -> dict[str, Any]:
+    company_id, name, website, industry, company_size, description, created_at, updated_at = get(
+        row
+    )
     body: dict[str, Any] = {"id": str(company_id), "name": name}
     for key, value in (
         ("website", website),
@@ -174,6 +279,10 @@ def _company_body(row: Sequence[Any]) -> dict[str, Any]:
     body["created"] = created_at.isoformat()
     body["updated"] = updated_at.isoformat()
     return body
+
+
+_PERSON_PRESENT = _PERSON.get("id", start=_IN_OUTCOME["person"])
+_COMPANY_PRESENT = _COMPANY.get("id", start=_IN_OUTCOME["company"])
 
 
 async def load_outcomes(
@@ -189,19 +298,26 @@ async def load_outcomes(
     companies: dict[UUID, dict[str, Any]] = {}
     outcomes: dict[UUID, StoredOutcome] = {}
     for row in rows:
-        event_id, event_tenant, person_id, company_id = row[:4]
-        was_person_created, was_company_created, match_conflict = row[7:10]
+        (
+            event_id,
+            event_tenant,
+            person_id,
+            company_id,
+            was_person_created,
+            was_company_created,
+            match_conflict,
+        ) = _EVENT_OUTCOME(row)
         body: dict[str, Any] = {"event": _event_body(row)}
         # A person or company deleted meanwhile leaves the id set and the join empty.
-        if person_id is not None and row[_EVENT_END] is not None:
+        if person_id is not None and _PERSON_PRESENT(row)[0] is not None:
             if person_id not in people:
-                people[person_id] = _person_body(row[_EVENT_END:_PERSON_END])
+                people[person_id] = _person_body(row, _PERSON_IN_OUTCOME)
             body["person"] = people[person_id]
         body["wasPersonCreated"] = was_person_created
         if was_company_created is not None:
-            if company_id is not None and row[_PERSON_END] is not None:
+            if company_id is not None and _COMPANY_PRESENT(row)[0] is not None:
                 if company_id not in companies:
-                    companies[company_id] = _company_body(row[_PERSON_END:])
+                    companies[company_id] = _company_body(row, _COMPANY_IN_OUTCOME)
                 body["company"] = companies[company_id]
             body["wasCompanyCreated"] = was_company_created
         if match_conflict:
@@ -246,7 +362,12 @@ async def load_timeline(
             _TIMELINE, (tenant_id, person_id, event_type, since, after_time, after_id, limit)
         )
     ).all()
-    return [(_event_body(row), (row[5], row[0])) for row in rows]
+    return [(_event_body(row), _position(row)) for row in rows]
+
+
+def _position(row: Sequence[Any]) -> tuple[datetime, UUID]:
+    occurred_at, event_id = _TIMELINE_POSITION(row)
+    return occurred_at, event_id
 
 
 async def load_person(
@@ -258,12 +379,14 @@ async def load_person(
     phone: str | None = None,
 ) -> dict[str, Any] | None:
     """The tenant's person with this id, or owning this (normalised) e-mail or phone."""
-    row = (await conn.exec_driver_sql(_PERSON, (tenant_id, person_id, email, phone))).first()
+    row = (
+        await conn.exec_driver_sql(_PERSON_BY_ID_OR_IDENTITY, (tenant_id, person_id, email, phone))
+    ).first()
     return _person_body(row) if row is not None else None
 
 
 async def load_company(
     conn: AsyncConnection, *, tenant_id: UUID, company_id: UUID
 ) -> dict[str, Any] | None:
-    row = (await conn.exec_driver_sql(_COMPANY, (tenant_id, company_id))).first()
+    row = (await conn.exec_driver_sql(_COMPANY_BY_ID, (tenant_id, company_id))).first()
     return _company_body(row) if row is not None else None

@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -192,3 +193,15 @@ class DeadLetter(Base):
     envelope: Mapped[dict[str, Any]] = mapped_column(JSONB)
     failed_at: Mapped[datetime] = mapped_column(Timestamp)
     replayed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+# Table handles for Core statements (DeclarativeBase types __table__ as a FromClause).
+tenants_t = cast(Table, Tenant.__table__)
+companies_t = cast(Table, Company.__table__)
+people_t = cast(Table, Person.__table__)
+person_emails_t = cast(Table, PersonEmail.__table__)
+person_phones_t = cast(Table, PersonPhone.__table__)
+visitors_t = cast(Table, Visitor.__table__)
+events_t = cast(Table, Event.__table__)
+idempotency_keys_t = cast(Table, IdempotencyKey.__table__)
+dead_letters_t = cast(Table, DeadLetter.__table__)

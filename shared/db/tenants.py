@@ -1,17 +1,18 @@
-"""Tenant administration used by the CLI."""
+"""Tenants: created and found by the CLI, their phone region read by the API and the worker."""
 
-from typing import cast
+import time
+from collections.abc import Iterable
 from uuid import UUID
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db.tables import Tenant
+from shared.db.tables import tenants_t
 from shared.ids import new_id
 
-# DeclarativeBase types __table__ as a FromClause; it is a Table.
-tenants_t = cast(Table, Tenant.__table__)
+_REGION_TTL = 60.0
+_regions: dict[UUID, tuple[str, float]] = {}
 
 
 async def ensure_tenant(conn: AsyncConnection, *, name: str, default_region: str) -> UUID:
@@ -34,9 +35,30 @@ async def find_tenant(conn: AsyncConnection, *, name: str) -> UUID | None:
     return found
 
 
+async def tenant_regions(conn: AsyncConnection, tenant_ids: Iterable[UUID]) -> dict[UUID, str]:
+    """Each tenant's phone region (its `default_region`), remembered for a minute.
+
+    The one rule for both processes: a tenant's phone numbers are normalised with its own
+    region, with no fallback; a tenant that does not exist is left out (its events fail with
+    `tenant_not_found`, and the API finds nothing for it). Both read through this cache, so a
+    region changed in the database reaches them within the same minute.
+    """
+    now = time.monotonic()
+    wanted = set(tenant_ids)
+    missing = {t for t in wanted if t not in _regions or _regions[t][1] < now}
+    if missing:
+        rows = await conn.execute(
+            select(tenants_t.c.id, tenants_t.c.default_region).where(tenants_t.c.id.in_(missing))
+        )
+        found = {row.id: row.default_region for row in rows}
+        for tenant in missing:
+            if tenant in found:
+                _regions[tenant] = (found[tenant], now + _REGION_TTL)
+            else:
+                _regions.pop(tenant, None)
+    return {t: _regions[t][0] for t in wanted if t in _regions}
+
+
 async def tenant_region(conn: AsyncConnection, tenant_id: UUID) -> str | None:
-    """The tenant's default phone region, which its phone numbers are normalised with."""
-    region: str | None = (
-        await conn.execute(select(tenants_t.c.default_region).where(tenants_t.c.id == tenant_id))
-    ).scalar_one_or_none()
-    return region
+    """One tenant's phone region, by the rule of `tenant_regions`: None if there is no tenant."""
+    return (await tenant_regions(conn, (tenant_id,))).get(tenant_id)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.contract.outcomes import StoredOutcome
 from shared.contract.queues import Envelope
-from shared.db.locks import lock_key
+from shared.db.locks import email_lock, lock_key
 from shared.db.tables import Company, DeadLetter, Event, Person, PersonEmail, PersonPhone
 from shared.settings import Settings
 from tests.support.messages import envelope, message, wait_outcomes
@@ -120,7 +120,7 @@ def pack(envelopes: list[Envelope]) -> tuple[str, bytes]:
 
 def email_lock_key(tenant_id: uuid.UUID, address: str) -> int:
     """The advisory lock a batch takes for an e-mail (holding it stops the batch midway)."""
-    return lock_key(f"{tenant_id}|e|{address}")
+    return lock_key(email_lock(tenant_id, address))
 
 
 # Exact checks ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The unit of work around matching: one transaction per batch, retries, poison isolation,
+"""The unit of work around matching: one transaction per batch, reruns, poison isolation,
 and publishing the outcomes once committed."""
 
 import asyncio
@@ -17,20 +17,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.contract.outcomes import OUTCOME_CHANNEL, OUTCOME_STREAM, StoredOutcome, event_key
 from shared.contract.queues import Envelope
 from shared.settings import Settings
-from worker.errors import TransientError
-from worker.matching import (
-    BatchResult,
-    DuplicateEventError,
+from worker.errors import (
     EventFailedError,
+    Failure,
     PoisonEventError,
-    process_batch,
+    TransientError,
+    classify,
+    processing_error,
+    sqlstate,
 )
+from worker.matching.batch import BatchResult, process_batch
 
 log = structlog.get_logger(__name__)
 
-# Lock contention a quick retry resolves (the retry sees the winner's commit).
-_CONTENTION = {"40001", "40P01", "55P03", "23505", "23503"}
-_CONTENTION_ATTEMPTS = 5
+# Reruns of a batch that lost a race, before it counts as a transient failure.
+_RERUN_ATTEMPTS = 5
 
 _PUBLISH_SCRIPT = files("worker").joinpath("publish_outcomes.lua").read_bytes()
 
@@ -41,30 +42,15 @@ def _publisher(client: redis.Redis) -> Script:
     return client.register_script(_PUBLISH_SCRIPT)
 
 
-def _sqlstate(exc: DBAPIError) -> str:
-    # SQLAlchemy's asyncpg adapter keeps the driver's error (with its SQLSTATE) as the cause.
-    for error in (exc.orig, getattr(exc.orig, "__cause__", None)):
-        state = getattr(error, "sqlstate", None)
-        if state:
-            return str(state)
-    return ""
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError):
-        state = _sqlstate(exc)
-        return exc.connection_invalidated or state[:2] in {"08", "53", "57"}
-    return isinstance(exc, OSError | ConnectionError | TimeoutError)
-
-
 async def commit_batch(engine: AsyncEngine, envelopes: list[Envelope]) -> BatchResult:
-    """Process a batch in one transaction, retrying contention and isolating poison events.
+    """Process a batch in one transaction, rerunning lost races and isolating poison events.
 
-    Unavailability raises TransientError (the task retries later). An error that is neither
-    contention nor unavailability is pinned on one event by bisection and dead-lettered.
+    What each failure means is decided by `classify`: unavailability raises TransientError (the
+    task retries later), a lost race reruns the batch at once, and anything else is pinned on
+    one event by bisection and dead-lettered.
     """
     poisoned: dict[UUID, EventFailedError] = {}
-    contention = 0
+    reruns = 0
     while True:
         try:
             async with engine.begin() as conn:
@@ -73,35 +59,34 @@ async def commit_batch(engine: AsyncEngine, envelopes: list[Envelope]) -> BatchR
                 )
         except PoisonEventError as exc:
             log.error("event.poison", event_id=str(exc.event_id), error=repr(exc.error))
-            poisoned[exc.event_id] = EventFailedError(
-                "processing_error",
-                500,
-                "Processing error",
-                f"the worker failed on this event: {type(exc.error).__name__}",
-            )
+            poisoned[exc.event_id] = processing_error(exc.error)
             continue
-        except DuplicateEventError:
-            pass
-        except DBAPIError as exc:
-            if _is_unavailable(exc):
-                raise TransientError(f"database unavailable: {exc.orig!r}") from exc
-            if _sqlstate(exc) not in _CONTENTION:
-                return await _bisect(engine, envelopes, exc)
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            raise TransientError(f"database unreachable: {exc!r}") from exc
         except Exception as exc:
-            return await _bisect(engine, envelopes, exc)
-        contention += 1
-        if contention >= _CONTENTION_ATTEMPTS:
+            failure = classify(exc)
+            if failure is Failure.TRANSIENT:
+                raise _unavailable(exc) from exc
+            if failure is Failure.POISON:
+                return await _bisect(engine, envelopes, exc)
+        # Failure.RERUN: a lost race (DuplicateEventError included); the rerun sees the winner.
+        reruns += 1
+        if reruns >= _RERUN_ATTEMPTS:
             raise TransientError("lock contention persisted")
-        log.info("batch.contention_retry", attempt=contention)
-        await asyncio.sleep(random.uniform(0.01, 0.05 * 2**contention))
+        log.info("batch.contention_retry", attempt=reruns)
+        await asyncio.sleep(random.uniform(0.01, 0.05 * 2**reruns))
+
+
+def _unavailable(exc: Exception) -> TransientError:
+    if isinstance(exc, TransientError):
+        return exc
+    if isinstance(exc, DBAPIError):
+        return TransientError(f"database unavailable: {exc.orig!r}")
+    return TransientError(f"database unreachable: {exc!r}")
 
 
 async def _bisect(engine: AsyncEngine, envelopes: list[Envelope], exc: Exception) -> BatchResult:
     if len(envelopes) == 1:
         (envelope,) = envelopes
-        state = _sqlstate(exc) if isinstance(exc, DBAPIError) else ""
+        state = sqlstate(exc) if isinstance(exc, DBAPIError) else ""
         log.error("event.rejected", event_id=str(envelope.id), error=repr(exc), sqlstate=state)
         error = (
             EventFailedError(
@@ -111,12 +96,7 @@ async def _bisect(engine: AsyncEngine, envelopes: list[Envelope], exc: Exception
                 f"the database refused this event (SQLSTATE {state or 'unknown'})",
             )
             if isinstance(exc, DBAPIError)
-            else EventFailedError(
-                "processing_error",
-                500,
-                "Processing error",
-                f"the worker failed on this event: {type(exc).__name__}",
-            )
+            else processing_error(exc)
         )
         try:
             async with engine.begin() as conn:

@@ -1,0 +1,468 @@
+"""The matching and merge rules of DESIGN.md, on `Plan` alone: no database, no connection.
+
+Each test builds what `load` would have found under the batch's locks (a `Found`) by hand,
+plans events against it, and reads the decisions and the rows the plan would write.
+"""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.contract.queues import Envelope
+from shared.db.tables import events_t
+from shared.identity import company_key
+from tests.support.messages import envelope
+from worker.errors import EventFailedError, PoisonEventError
+from worker.matching.load import CompanyRow, Found, PersonRow
+from worker.matching.parse import ParsedEvent, parse
+from worker.matching.rules import Plan
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+T = uuid.UUID("00000000-0000-4000-8000-000000000001")
+OTHER = uuid.UUID("00000000-0000-4000-8000-000000000002")
+ANN, BOB, CID = uuid.UUID(int=0xA), uuid.UUID(int=0xB), uuid.UUID(int=0xD)
+ACME = uuid.UUID(int=0xC)
+ANON = {"visitorId": "anonymous"}
+
+
+def event(payload: dict[str, Any], tenant: uuid.UUID = T, **extra: Any) -> ParsedEvent:
+    return parse(envelope(tenant, {"type": "page_view", **payload}, **extra), "US")
+
+
+def person(id: uuid.UUID, *, age_days: int = 1, tenant: uuid.UUID = T, **fields: Any) -> PersonRow:
+    values: dict[str, Any] = {
+        "first_name": None,
+        "last_name": None,
+        "tags": [],
+        "source": None,
+        "stage": None,
+        "company_id": None,
+        "has_primary_email": False,
+        "has_primary_phone": False,
+        **fields,
+    }
+    return PersonRow(id=id, tenant_id=tenant, created_at=NOW - timedelta(days=age_days), **values)
+
+
+def company(id: uuid.UUID, name: str, *, tenant: uuid.UUID = T, **fields: Any) -> CompanyRow:
+    values: dict[str, Any] = {
+        "website": None,
+        "industry": None,
+        "company_size": None,
+        "description": None,
+        **fields,
+    }
+    return CompanyRow(id=id, tenant_id=tenant, name=name, name_key=company_key(name), **values)
+
+
+def planned(found: Found, *events: ParsedEvent) -> Plan:
+    plan = Plan(found, NOW)
+    plan.decide(events, [])
+    return plan
+
+
+def row_of(plan: Plan, item: ParsedEvent) -> dict[str, Any]:
+    (row,) = [r for r in plan.event_rows if r["id"] == item.envelope.id]
+    return row
+
+
+def failure_of(plan: Plan, item: ParsedEvent) -> str:
+    (row,) = [r for r in plan.dead_rows if r["event_id"] == item.envelope.id]
+    return str(row["reason"])
+
+
+def new_people(plan: Plan) -> list[uuid.UUID]:
+    return [p.id for p in plan.people.values() if p.new]
+
+
+# personId ------------------------------------------------------------------------------------
+
+
+def test_a_person_id_that_exists_in_the_tenant_is_the_person() -> None:
+    item = event({"personId": str(ANN)})
+    plan = planned(Found(people={ANN: person(ANN)}), item)
+    row = row_of(plan, item)
+    assert (row["person_id"], row["was_person_created"]) == (ANN, False)
+    assert plan.created == 1 and not plan.dead_rows
+
+
+def test_an_unknown_person_id_fails_the_event_with_person_not_found() -> None:
+    item = event({"personId": str(ANN), "person": {"emails": ["ann@example.com"]}})
+    plan = planned(Found(), item)
+    assert failure_of(plan, item) == "person_not_found"
+    assert not plan.event_rows and not plan.people and not plan.new_emails
+    assert plan.answers == {item.envelope.id: item.envelope.id}
+
+
+def test_another_tenants_person_is_not_found() -> None:
+    item = event({"personId": str(ANN)})
+    plan = planned(Found(people={ANN: person(ANN, tenant=OTHER)}), item)
+    assert failure_of(plan, item) == "person_not_found"
+    assert not plan.event_rows
+
+
+# Matching ------------------------------------------------------------------------------------
+
+
+def test_a_matching_email_is_the_person_whatever_its_case() -> None:
+    item = event({"person": {"emails": ["Ann@Example.COM"]}})
+    found = Found(email_owner={(T, "ann@example.com"): ANN}, people={ANN: person(ANN)})
+    plan = planned(found, item)
+    assert row_of(plan, item)["person_id"] == ANN
+    assert not new_people(plan) and not plan.new_emails
+
+
+def test_an_email_in_another_tenant_matches_nobody() -> None:
+    item = event({"person": {"emails": ["ann@example.com"]}})
+    found = Found(email_owner={(OTHER, "ann@example.com"): ANN}, people={})
+    plan = planned(found, item)
+    assert row_of(plan, item)["person_id"] != ANN
+    assert row_of(plan, item)["was_person_created"] is True
+
+
+def test_the_primary_email_wins_over_an_older_match() -> None:
+    item = event(
+        {
+            "person": {
+                "emails": [
+                    {"value": "ann@example.com"},
+                    {"value": "bob@example.com", "isPrimary": True},
+                ]
+            }
+        }
+    )
+    found = Found(
+        email_owner={(T, "ann@example.com"): ANN, (T, "bob@example.com"): BOB},
+        people={ANN: person(ANN, age_days=10), BOB: person(BOB, age_days=1)},
+    )
+    plan = planned(found, item)
+    assert row_of(plan, item)["person_id"] == BOB
+    assert row_of(plan, item)["match_conflict"] == [str(ANN)]
+
+
+def test_without_a_primary_match_the_oldest_matching_person_wins() -> None:
+    # The event's primary (first) e-mail belongs to nobody; the oldest owner is neither the
+    # first nor the last match.
+    emails = ["new@example.com", "bob@example.com", "ann@example.com", "cid@example.com"]
+    item = event({"person": {"emails": emails}})
+    found = Found(
+        email_owner={
+            (T, "ann@example.com"): ANN,
+            (T, "bob@example.com"): BOB,
+            (T, "cid@example.com"): CID,
+        },
+        people={
+            ANN: person(ANN, age_days=10),
+            BOB: person(BOB, age_days=1),
+            CID: person(CID, age_days=5),
+        },
+    )
+    plan = planned(found, item)
+    assert row_of(plan, item)["person_id"] == ANN
+    assert row_of(plan, item)["match_conflict"] == sorted([str(BOB), str(CID)])
+    # The unclaimed e-mail joins the chosen person; the others' stay with their owners.
+    assert [(r["value"], r["person_id"]) for r in plan.new_emails] == [("new@example.com", ANN)]
+    assert plan.email_owner[(T, "bob@example.com")] == BOB
+
+
+def test_a_phone_matches_when_no_email_does() -> None:
+    item = event({"person": {"emails": ["new@example.com"], "phones": ["(503) 555-0199"]}})
+    found = Found(phone_owner={(T, "+15035550199"): ANN}, people={ANN: person(ANN)})
+    plan = planned(found, item)
+    assert row_of(plan, item)["person_id"] == ANN
+    assert [r["value"] for r in plan.new_emails] == ["new@example.com"]
+
+
+def test_an_email_match_wins_over_a_phone_match_and_steals_nothing() -> None:
+    item = event({"person": {"emails": ["ann@example.com"], "phones": ["+44 20 7946 0958"]}})
+    found = Found(
+        email_owner={(T, "ann@example.com"): ANN},
+        phone_owner={(T, "+442079460958"): BOB},
+        # Bob is older: the e-mail still wins, since phones are only looked at without one.
+        people={ANN: person(ANN, age_days=1), BOB: person(BOB, age_days=10)},
+    )
+    plan = planned(found, item)
+    row = row_of(plan, item)
+    assert row["person_id"] == ANN and row["match_conflict"] == [str(BOB)]
+    assert not plan.new_phones and plan.phone_owner[(T, "+442079460958")] == BOB
+    assert not plan.people[BOB].dirty
+
+
+def test_a_known_visitor_is_the_person_when_no_identity_matches() -> None:
+    item = event({"visitorId": "vis-1"})
+    found = Found(visitor_person={(T, "vis-1"): ANN}, people={ANN: person(ANN)})
+    plan = planned(found, item)
+    assert row_of(plan, item)["person_id"] == ANN
+    assert plan.visitor_rows[(T, "vis-1")]["person_id"] == ANN
+
+
+def test_an_identified_visitor_is_tied_to_its_person() -> None:
+    item = event({"visitorId": "vis-2", "person": {"emails": ["ann@example.com"]}})
+    found = Found(email_owner={(T, "ann@example.com"): ANN}, people={ANN: person(ANN)})
+    plan = planned(found, item)
+    assert plan.visitor_rows == {
+        (T, "vis-2"): {"tenant_id": T, "visitor_id": "vis-2", "person_id": ANN, "updated_at": NOW}
+    }
+
+
+def test_a_person_is_created_when_nothing_matches() -> None:
+    item = event({"person": {"firstName": "Ann", "emails": ["ann@example.com"]}})
+    plan = planned(Found(), item)
+    (created,) = new_people(plan)
+    row = row_of(plan, item)
+    assert (row["person_id"], row["was_person_created"]) == (created, True)
+    assert plan.people[created].first_name == "Ann"
+    assert plan.new_emails == [
+        {
+            "tenant_id": T,
+            "value": "ann@example.com",
+            "person_id": created,
+            "type": None,
+            "is_primary": True,
+            "created_at": NOW,
+        }
+    ]
+
+
+def test_a_name_alone_is_enough_to_create_a_person() -> None:
+    item = event({"person": {"lastName": "Only-a-name"}})
+    plan = planned(Found(), item)
+    assert len(new_people(plan)) == 1 and row_of(plan, item)["was_person_created"] is True
+
+
+@pytest.mark.parametrize(
+    "payload", [{"visitorId": "anon"}, {"visitorId": "anon", "person": {"tags": ["t"]}}]
+)
+def test_no_person_without_an_identity(payload: dict[str, Any]) -> None:
+    item = event(payload)
+    plan = planned(Found(), item)
+    row = row_of(plan, item)
+    assert row["person_id"] is None and row["was_person_created"] is False
+    assert not plan.people and not plan.visitor_rows and not plan.new_emails
+
+
+# Merging -------------------------------------------------------------------------------------
+
+
+def test_a_merge_adds_identities_fills_blanks_merges_tags_and_overwrites_nothing() -> None:
+    item = event(
+        {
+            "person": {
+                "firstName": "Annie",
+                "lastName": "Lee",
+                "source": "web",
+                "emails": ["ann@example.com", "ann@work.example"],
+                "phones": ["(503) 555-0199"],
+                "tags": ["buyer", "vip", "vip"],
+            }
+        }
+    )
+    found = Found(
+        email_owner={(T, "ann@example.com"): ANN},
+        people={
+            ANN: person(ANN, first_name="Ann", stage="lead", tags=["buyer"], has_primary_email=True)
+        },
+    )
+    plan = planned(found, item)
+    ann = plan.people[ANN]
+    assert (ann.first_name, ann.last_name, ann.source, ann.stage) == ("Ann", "Lee", "web", "lead")
+    assert ann.tags == ["buyer", "vip"]
+    assert ann.dirty and not ann.new
+    # An existing primary is kept: the new e-mail is not primary; the first phone is.
+    assert [(r["value"], r["is_primary"]) for r in plan.new_emails] == [("ann@work.example", False)]
+    assert [(r["value"], r["is_primary"]) for r in plan.new_phones] == [("+15035550199", True)]
+    assert found.people[ANN].first_name == "Ann" and found.email_owner == {
+        (T, "ann@example.com"): ANN
+    }  # what was found is left as it was
+
+
+def test_a_merge_that_changes_nothing_leaves_the_person_clean() -> None:
+    item = event({"person": {"firstName": "Other", "emails": ["ann@example.com"], "tags": ["a"]}})
+    found = Found(
+        email_owner={(T, "ann@example.com"): ANN},
+        people={ANN: person(ANN, first_name="Ann", tags=["a"], has_primary_email=True)},
+    )
+    plan = planned(found, item)
+    assert not plan.people[ANN].dirty and plan.people[ANN].first_name == "Ann"
+
+
+def test_string_arrays_make_the_first_email_and_first_phone_primary() -> None:
+    item = event(
+        {
+            "person": {
+                "emails": ["first@example.com", "second@example.com"],
+                "phones": ["+15035550100", "+15035550101"],
+            }
+        }
+    )
+    plan = planned(Found(), item)
+    assert [(r["value"], r["is_primary"]) for r in plan.new_emails] == [
+        ("first@example.com", True),
+        ("second@example.com", False),
+    ]
+    assert [(r["value"], r["is_primary"]) for r in plan.new_phones] == [
+        ("+15035550100", True),
+        ("+15035550101", False),
+    ]
+
+
+def test_an_existing_primary_is_not_replaced_by_a_marked_one() -> None:
+    item = event(
+        {
+            "person": {"emails": [{"value": "x@example.com", "isPrimary": True}]},
+            "personId": str(ANN),
+        }
+    )
+    found = Found(people={ANN: person(ANN, has_primary_email=True)})
+    plan = planned(found, item)
+    assert [(r["value"], r["is_primary"]) for r in plan.new_emails] == [("x@example.com", False)]
+
+
+# Companies -----------------------------------------------------------------------------------
+
+
+def test_a_company_id_in_the_tenant_is_the_company_and_the_person_is_linked() -> None:
+    item = event({"person": {"emails": ["ann@example.com"]}, "company": {"id": str(ACME)}})
+    found = Found(
+        email_owner={(T, "ann@example.com"): ANN},
+        people={ANN: person(ANN)},
+        companies={ACME: company(ACME, "Acme")},
+    )
+    plan = planned(found, item)
+    row = row_of(plan, item)
+    assert (row["company_id"], row["was_company_created"]) == (ACME, False)
+    assert plan.people[ANN].company_id == ACME and plan.people[ANN].dirty
+
+
+@pytest.mark.parametrize("owner", [None, OTHER])
+def test_an_unknown_company_id_fails_the_event_before_anything_is_planned(
+    owner: uuid.UUID | None,
+) -> None:
+    companies = {ACME: company(ACME, "Acme", tenant=owner)} if owner else {}
+    item = event({"person": {"emails": ["new@example.com"]}, "company": {"id": str(ACME)}})
+    plan = planned(Found(companies=companies), item)
+    assert failure_of(plan, item) == "company_not_found"
+    assert not plan.event_rows and not new_people(plan) and not plan.new_emails
+
+
+def test_a_company_name_matches_case_insensitively_and_trimmed() -> None:
+    item = event({"visitorId": "v", "company": {"name": "  ACME   inc "}})
+    plan = planned(Found(companies={ACME: company(ACME, "Acme Inc")}), item)
+    row = row_of(plan, item)
+    assert (row["company_id"], row["was_company_created"]) == (ACME, False)
+    assert not [c for c in plan.companies.values() if c.new]
+
+
+def test_an_unknown_company_name_creates_the_company_with_its_spaces_folded() -> None:
+    item = event({"visitorId": "v", "company": {"name": "  Globex   Corp ", "industry": "Energy"}})
+    plan = planned(Found(), item)
+    (created,) = [c for c in plan.companies.values() if c.new]
+    assert (created.name, created.name_key, created.industry) == (
+        "Globex Corp",
+        "globex corp",
+        "Energy",
+    )
+    row = row_of(plan, item)
+    assert (row["company_id"], row["was_company_created"]) == (created.id, True)
+
+
+def test_empty_company_fields_are_filled_and_set_ones_are_not_overwritten() -> None:
+    item = event(
+        {
+            **ANON,
+            "company": {
+                "name": "acme",
+                "website": "https://acme.example",
+                "industry": "New",
+                "companySize": "11-50",
+            },
+        }
+    )
+    plan = planned(Found(companies={ACME: company(ACME, "Acme", industry="Old")}), item)
+    acme = plan.companies[ACME]
+    assert (acme.website, acme.industry, acme.company_size) == (
+        "https://acme.example",
+        "Old",
+        "11-50",
+    )
+    assert acme.dirty and not acme.new
+
+
+def test_two_events_creating_one_person_and_company_make_one_row_each() -> None:
+    first = event({"person": {"emails": ["same@example.com"]}, "company": {"name": "Globex"}})
+    second = event(
+        {
+            "person": {"emails": ["SAME@example.com"], "lastName": "Lee"},
+            "company": {"name": "globex "},
+        }
+    )
+    plan = planned(Found(), first, second)
+    (created,) = new_people(plan)
+    (firm,) = [c for c in plan.companies.values() if c.new]
+    assert len(plan.new_emails) == 1
+    assert [(r["person_id"], r["company_id"]) for r in plan.event_rows] == [(created, firm.id)] * 2
+    assert [(r["was_person_created"], r["was_company_created"]) for r in plan.event_rows] == [
+        (True, True),
+        (False, False),
+    ]
+    assert plan.people[created].last_name == "Lee"
+    assert plan.people[created].company_id == firm.id
+
+
+# Replays and failures ------------------------------------------------------------------------
+
+
+def test_an_event_already_decided_is_a_replay_answered_by_itself() -> None:
+    item = event({"person": {"emails": ["ann@example.com"]}})
+    plan = planned(Found(decided=frozenset({item.envelope.id})), item)
+    assert plan.answers == {item.envelope.id: item.envelope.id}
+    assert (plan.created, plan.replayed) == (0, 1)
+    assert not plan.event_rows and not plan.people
+
+
+def test_an_idempotency_key_seen_before_is_answered_by_its_first_event() -> None:
+    earlier = uuid.uuid4()
+    item = event(ANON, idempotency_key="k-1")
+    plan = planned(Found(first_by_key={(T, "k-1"): earlier}), item)
+    assert plan.answers == {item.envelope.id: earlier}
+    assert (plan.created, plan.replayed) == (0, 1) and not plan.event_rows
+
+
+def test_an_idempotency_key_repeated_in_one_batch_keeps_the_first_event() -> None:
+    first, again = event(ANON, idempotency_key="k-2"), event(ANON, idempotency_key="k-2")
+    other_tenant = event(ANON, tenant=OTHER, idempotency_key="k-2")
+    plan = planned(Found(), first, again, other_tenant)
+    assert plan.answers[again.envelope.id] == first.envelope.id
+    assert [r["id"] for r in plan.event_rows] == [first.envelope.id, other_tenant.envelope.id]
+    assert [(r["tenant_id"], r["key"]) for r in plan.idem_rows] == [(T, "k-2"), (OTHER, "k-2")]
+    assert (plan.created, plan.replayed) == (2, 1)
+
+
+def test_a_failure_becomes_a_storable_dead_letter_once() -> None:
+    # A dead letter keeps the envelope as it came, even one the schema refuses.
+    failed = Envelope(id=uuid.uuid4(), tenant_id=T, received_at=NOW, payload={"message": "nul\x00"})
+    decided = envelope(T, {"type": "page_view", **ANON})
+    error = EventFailedError("invalid_payload", 422, "Invalid payload", "unreadable")
+    plan = Plan(Found(decided=frozenset({decided.id})), NOW)
+    plan.decide([], [(failed, error), (decided, error)])
+    (dead,) = plan.dead_rows
+    assert dead["event_id"] == failed.id and dead["reason"] == "invalid_payload"
+    assert dead["problem"]["status"] == 422 and dead["problem"]["eventId"] == str(failed.id)
+    assert dead["problem"]["type"].endswith("/invalid-payload")
+    assert dead["envelope"]["payload"]["message"] == "nul\ufffd"
+    assert plan.answers == {failed.id: failed.id, decided.id: decided.id}
+
+
+def test_an_unexpected_error_names_its_event() -> None:
+    # An owner that was not locked (a bug in loading) cannot be planned against.
+    item = event({"person": {"emails": ["ann@example.com"]}})
+    with pytest.raises(PoisonEventError) as caught:
+        planned(Found(email_owner={(T, "ann@example.com"): ANN}), item)
+    assert caught.value.event_id == item.envelope.id
+
+
+def test_an_event_row_has_every_column_of_the_events_table() -> None:
+    item = event({"person": {"emails": ["ann@example.com"]}, "company": {"name": "Acme"}})
+    assert set(row_of(planned(Found(), item), item)) == set(events_t.columns.keys())
