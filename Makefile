@@ -33,7 +33,7 @@ test: $(DEV)
 lint: $(DEV)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy shared ingest_api worker bench
+	$(VENV)/bin/mypy shared ingest_api worker ops bench
 
 bench: $(DEV)
 	$(VENV)/bin/python -m bench.run

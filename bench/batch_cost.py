@@ -20,8 +20,9 @@ from typing import Any
 import redis
 from sqlalchemy import event
 
-from bench.stack import REPO, drop_database, flush_redis
+from bench.stack import drop_database, flush_redis
 from ops.local_services import start_services
+from ops.processes import REPO
 from shared.contract.events import EventIn
 from shared.contract.queues import Envelope
 from shared.db.engine import create_engine, migrate_database

@@ -29,7 +29,7 @@ class WrkResult:
 
     @property
     def rps(self) -> float:
-        return float(self.data["requests"]) / (self.data["duration_us"] / 1e6)
+        return float(self.data["requests"]) / (float(self.data["duration_us"]) / 1e6)
 
     def ms(self, key: str) -> float:
         return float(self.data[key]) / 1000

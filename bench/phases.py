@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from bench import procs, profile
 from bench.load import Burst, LeadLane, WrkResult, run_wrk_fixed, start_burst
 from bench.results import PhaseResult, Reference, Results, Sample, SourceStats
-from bench.stack import REPO, Stack, asyncpg_args
+from bench.stack import Stack, asyncpg_args
+from ops.processes import REPO
 from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE
 
 

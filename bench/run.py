@@ -27,7 +27,6 @@ from bench.plot import plot
 from bench.report import markdown
 from bench.results import Config, Results, log
 from bench.stack import (
-    REPO,
     Stack,
     asyncpg_args,
     drop_database,
@@ -39,7 +38,7 @@ from bench.stack import (
     wait_api_idle,
 )
 from ops.local_services import start_services
-from ops.processes import API_APP, BIN
+from ops.processes import API_APP, BIN, REPO
 from shared.db.engine import migrate_database
 from shared.settings import Settings
 

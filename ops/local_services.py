@@ -20,7 +20,7 @@ import shutil
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import quote
 from uuid import UUID
 
@@ -92,13 +92,19 @@ def start_services(
         return Services(db_url, rd_url, db_origin, rd_origin, _stack=stack.pop_all())
 
 
-def for_mode(mode: str) -> dict[str, bool]:
+class Switches(TypedDict):
+    probe_localhost: bool
+    use_containers: bool
+    allow_embedded: bool
+
+
+def for_mode(mode: str) -> Switches:
     """start_services' switches for LEADSTREAM_SERVICES (auto, local or embedded)."""
-    return {
-        "probe_localhost": mode != "embedded",
-        "use_containers": mode == "auto",
-        "allow_embedded": mode != "local",
-    }
+    return Switches(
+        probe_localhost=mode != "embedded",
+        use_containers=mode == "auto",
+        allow_embedded=mode != "local",
+    )
 
 
 class NoServiceError(RuntimeError):
@@ -136,11 +142,11 @@ def _database(
             " or unset LEADSTREAM_SERVICES to use an embedded one"
         )
 
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     # Entering counts handles, so two Services sharing one pgdata in a process stop it once.
-    server = stack.enter_context(pgserver.get_server(data_dir / "pg", cleanup_mode="stop"))
+    server = stack.enter_context(get_server(data_dir / "pg", cleanup_mode="stop"))
     socket_dir = str(server.get_postmaster_info().socket_dir)
     asyncio.run(_create_database(name, host=socket_dir))
     return f"postgresql+asyncpg://postgres@/{name}?host={quote(socket_dir)}", "embedded"
@@ -258,7 +264,7 @@ def record_running(data_dir: Path, services: Services) -> Path:
     return path
 
 
-def recorded_running(data_dir: Path) -> dict[str, str]:
+def recorded_running(data_dir: Path) -> dict[str, Any]:
     """The URLs a running `leadstream run` recorded, or nothing."""
     try:
         found = json.loads((data_dir / RUNNING_FILE).read_text())

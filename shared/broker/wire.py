@@ -11,8 +11,8 @@ import socket
 from typing import Any
 from uuid import uuid4
 
-import kombu
 import orjson
+from kombu.connection import Connection
 
 from shared.contract.queues import PROCESS_EVENTS_TASK, kombu_queues
 
@@ -83,9 +83,7 @@ def _argsrepr(chunk: list[dict[str, Any]]) -> str:
     return f"[<{len(chunk)} envelopes>]"
 
 
-def publish_wires(
-    connection: kombu.Connection, queue: str, chunks: list[list[dict[str, Any]]]
-) -> None:
+def publish_wires(connection: Connection, queue: str, chunks: list[list[dict[str, Any]]]) -> None:
     """Publish one Celery task message per chunk of envelopes, declaring the queue first."""
     producer = connection.Producer(serializer="json")
     declaration = next(q for q in kombu_queues(connection.transport_cls) if q.name == queue)

@@ -16,6 +16,7 @@ from uuid import UUID
 import kombu
 import kombu.exceptions
 import redis.asyncio as aioredis
+from kombu.connection import Connection
 from redis.exceptions import RedisError
 
 from shared.broker.wire import publish_wires, task_message
@@ -144,7 +145,7 @@ class KombuWriter:
     ) -> None:
         self._redis = client
         self._marker_ttl, self._max_events = marker_ttl, max_events_per_message
-        self._connection = kombu.Connection(
+        self._connection = Connection(
             broker_url, transport_options={"confirm_publish": True}, connect_timeout=connect_timeout
         )
         self._errors = (

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from kombu import Queue
+from kombu.entity import Queue
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
