@@ -73,18 +73,13 @@ def start_services(
 ) -> Services:
     # Whatever started before a failure is stopped again by the with-block.
     with ExitStack() as stack:
-        db_url, db_origin = _database(
-            stack,
-            database_url,
-            database_name,
-            data_dir,
-            probe_localhost,
-            use_containers,
-            allow_embedded,
+        switches = Switches(
+            probe_localhost=probe_localhost,
+            use_containers=use_containers,
+            allow_embedded=allow_embedded,
         )
-        rd_url, rd_origin = _redis(
-            stack, redis_url, redis_db, data_dir, probe_localhost, use_containers, allow_embedded
-        )
+        db_url, db_origin = _database(stack, database_url, database_name, data_dir, switches)
+        rd_url, rd_origin = _redis(stack, redis_url, redis_db, data_dir, switches)
         for name, origin, url in (("PostgreSQL", db_origin, db_url), ("Redis", rd_origin, rd_url)):
             log.info(
                 "%s (%s): %s", name, origin, make_url(url).render_as_string(hide_password=True)
@@ -112,31 +107,25 @@ class NoServiceError(RuntimeError):
 
 
 def _database(
-    stack: ExitStack,
-    url: str | None,
-    name: str,
-    data_dir: Path,
-    localhost: bool,
-    containers: bool,
-    embedded: bool,
+    stack: ExitStack, url: str | None, name: str, data_dir: Path, switches: Switches
 ) -> tuple[str, str]:
     if url:
         return url, "env"
-    if localhost:
+    if switches["probe_localhost"]:
         try:
             asyncio.run(_create_database(name, host="127.0.0.1", port=5432, timeout=PROBE_TIMEOUT))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.debug("no usable PostgreSQL on 127.0.0.1:5432: %r", exc)
         else:
             return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", "localhost"
-    if containers and _docker_answers():
+    if switches["use_containers"] and _docker_answers():
         from testcontainers.community.postgres import PostgresContainer
 
         container = PostgresContainer(
             "postgres:16-alpine", username="postgres", dbname=name, driver="asyncpg"
         )  # POSTGRES_DB makes the image create the database
         return stack.enter_context(container).get_connection_url(), "testcontainers"
-    if not embedded:
+    if not switches["allow_embedded"]:
         raise NoServiceError(
             "no PostgreSQL answers on 127.0.0.1:5432 (LEADSTREAM_SERVICES=local): start it,"
             " or unset LEADSTREAM_SERVICES to use an embedded one"
@@ -164,25 +153,19 @@ async def _create_database(name: str, *, user: str | None = "postgres", **connec
 
 
 def _redis(
-    stack: ExitStack,
-    url: str | None,
-    db: int,
-    data_dir: Path,
-    localhost: bool,
-    containers: bool,
-    embedded: bool,
+    stack: ExitStack, url: str | None, db: int, data_dir: Path, switches: Switches
 ) -> tuple[str, str]:
     if url:
         return url, "env"
-    if localhost and _redis_answers("127.0.0.1", 6379):
+    if switches["probe_localhost"] and _redis_answers("127.0.0.1", 6379):
         return f"redis://127.0.0.1:6379/{db}", "localhost"
-    if containers and _docker_answers():
+    if switches["use_containers"] and _docker_answers():
         from testcontainers.community.redis import RedisContainer
 
         container = stack.enter_context(RedisContainer("redis:7-alpine"))
         host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
         return f"redis://{host}:{port}/{db}", "testcontainers"
-    if not embedded:
+    if not switches["allow_embedded"]:
         raise NoServiceError(
             "no Redis answers on 127.0.0.1:6379 (LEADSTREAM_SERVICES=local): start it,"
             " or unset LEADSTREAM_SERVICES to use an embedded one"

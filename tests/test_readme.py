@@ -1,7 +1,6 @@
 """The README's walk-through, run as written against the running API and worker."""
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -9,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.db.tenants import ensure_tenant
 from shared.settings import Settings
 from tests.support.processes import REPO, WorkerProcess
-from tests.support.walkthrough import check_walkthrough, walkthrough
+from tests.support.walkthrough import check_walkthrough, run_walkthrough
 
 
 async def test_readme_walkthrough_runs(
@@ -21,17 +20,8 @@ async def test_readme_walkthrough_runs(
 ) -> None:
     async with engine.begin() as conn:
         await ensure_tenant(conn, name="demo", default_region="US")
-    script = tmp_path / "walkthrough.sh"
-    script.write_text("set -euo pipefail\n" + walkthrough())
     result = await asyncio.to_thread(
-        subprocess.run,
-        ["bash", str(script)],
-        env={**service_env, "LEADSTREAM_URL": api_url},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        run_walkthrough, {**service_env, "LEADSTREAM_URL": api_url}, tmp_path
     )
     check_walkthrough(result)
 

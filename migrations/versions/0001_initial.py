@@ -167,44 +167,8 @@ def upgrade() -> None:
     op.create_index(
         "ix_events_timeline", "events", ["tenant_id", "person_id", "occurred_at"], unique=False
     )
-    op.create_table(
-        "person_emails",
-        sa.Column("person_id", sa.UUID(), nullable=False),
-        sa.Column("tenant_id", sa.UUID(), nullable=False),
-        sa.Column("value", sa.String(length=320), nullable=False),
-        sa.Column("type", sa.String(length=255), nullable=True),
-        sa.Column("is_primary", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["person_id"],
-            ["people.id"],
-            name=op.f("fk_person_emails_person_id_people"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("tenant_id", "value", name=op.f("pk_person_emails")),
-    )
-    op.create_index(
-        op.f("ix_person_emails_person_id"), "person_emails", ["person_id"], unique=False
-    )
-    op.create_table(
-        "person_phones",
-        sa.Column("person_id", sa.UUID(), nullable=False),
-        sa.Column("tenant_id", sa.UUID(), nullable=False),
-        sa.Column("value", sa.String(length=320), nullable=False),
-        sa.Column("type", sa.String(length=255), nullable=True),
-        sa.Column("is_primary", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["person_id"],
-            ["people.id"],
-            name=op.f("fk_person_phones_person_id_people"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("tenant_id", "value", name=op.f("pk_person_phones")),
-    )
-    op.create_index(
-        op.f("ix_person_phones_person_id"), "person_phones", ["person_id"], unique=False
-    )
+    for table in ("person_emails", "person_phones"):
+        _contact_table(table)
     op.create_table(
         "visitors",
         sa.Column("tenant_id", sa.UUID(), nullable=False),
@@ -245,3 +209,24 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_dead_letters_tenant_id"), table_name="dead_letters")
     op.drop_index(op.f("ix_dead_letters_reason"), table_name="dead_letters")
     op.drop_table("dead_letters")
+
+
+def _contact_table(name: str) -> None:
+    """person_emails and person_phones: the same shape, one contact point per row."""
+    op.create_table(
+        name,
+        sa.Column("person_id", sa.UUID(), nullable=False),
+        sa.Column("tenant_id", sa.UUID(), nullable=False),
+        sa.Column("value", sa.String(length=320), nullable=False),
+        sa.Column("type", sa.String(length=255), nullable=True),
+        sa.Column("is_primary", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["person_id"],
+            ["people.id"],
+            name=op.f(f"fk_{name}_person_id_people"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("tenant_id", "value", name=op.f(f"pk_{name}")),
+    )
+    op.create_index(op.f(f"ix_{name}_person_id"), name, ["person_id"], unique=False)

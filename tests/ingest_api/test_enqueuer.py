@@ -10,6 +10,7 @@ import pytest
 from ingest_api.enqueuer import Enqueuer
 from shared.broker.writers import QueueUnavailableError
 from shared.contract.queues import Envelope
+from tests.support.writers import StandInWriter
 
 QUEUE = "activity"
 
@@ -23,34 +24,9 @@ def _envelope() -> Envelope:
     )
 
 
-class Writer:
-    """Records each write's events and deadline; raises `fail`, or hangs until released."""
-
-    def __init__(self, fail: Exception | None = None, hang: bool = False) -> None:
-        self.writes: list[tuple[int, float]] = []
-        self.fail, self.hang = fail, hang
-        self.release = asyncio.Event()
-
-    async def write(self, by_queue: dict[str, list[Envelope]], deadline: float) -> None:
-        self.writes.append((sum(map(len, by_queue.values())), deadline))
-        if self.hang:
-            await self.release.wait()
-        if self.fail is not None:
-            raise self.fail
-
-    async def write_keyed(
-        self, envelope: Envelope, queue: str, key: str, key_ttl: int, deadline: float
-    ) -> uuid.UUID:
-        await self.write({queue: [envelope]}, deadline)
-        return envelope.id
-
-    async def close(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("fail", [QueueUnavailableError("down"), ValueError("a bug")])
 async def test_every_waiter_of_a_lane_hears_the_writers_error_as_it_was(fail: Exception) -> None:
-    writer = Writer(fail)
+    writer = StandInWriter(fail)
     enqueuer = Enqueuer(writer, timeout=1, linger={QUEUE: 5}, flush_events={QUEUE: 4})
     answers = await asyncio.gather(
         *(enqueuer.enqueue(_envelope(), queue=QUEUE) for _ in range(4)), return_exceptions=True
@@ -67,7 +43,7 @@ async def test_every_waiter_of_a_lane_hears_the_writers_error_as_it_was(fail: Ex
 
 
 async def test_a_write_that_never_answers_is_a_503_within_the_timeout() -> None:
-    writer = Writer(hang=True)
+    writer = StandInWriter(hang=True)
     enqueuer = Enqueuer(writer, timeout=0.2)
     started = time.time()
     with pytest.raises(QueueUnavailableError, match="in time"):
@@ -81,7 +57,7 @@ async def test_a_write_that_never_answers_is_a_503_within_the_timeout() -> None:
 
 
 async def test_queues_without_a_linger_never_wait() -> None:
-    writer = Writer()
+    writer = StandInWriter()
     enqueuer = Enqueuer(writer, timeout=1, linger={"other": 60}, flush_events={"other": 100})
     started = time.time()
     await enqueuer.enqueue(_envelope(), queue=QUEUE)

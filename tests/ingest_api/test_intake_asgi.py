@@ -28,36 +28,14 @@ from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.auth import READ_SCOPE, WRITE_SCOPE, mint_token
 from shared.broker.writers import QueueUnavailableError
-from shared.contract.queues import Envelope
 from shared.db.engine import create_engine
 from shared.settings import Settings
+from tests.support.writers import StandInWriter
 
 EVENTS = "/api/partner/events"
 BATCH = f"{EVENTS}/batch"
 JSON = {"Content-Type": "application/json"}
 PAGE_VIEW = {"type": "page_view", "visitorId": "v"}
-
-
-class RecordingWriter:
-    """A broker writer that keeps what it is given, or raises `fail`."""
-
-    def __init__(self) -> None:
-        self.written: list[Envelope] = []
-        self.fail: Exception | None = None
-
-    async def write(self, by_queue: dict[str, list[Envelope]], deadline: float) -> None:
-        if self.fail is not None:
-            raise self.fail
-        self.written += [e for envelopes in by_queue.values() for e in envelopes]
-
-    async def write_keyed(
-        self, envelope: Envelope, queue: str, key: str, key_ttl: int, deadline: float
-    ) -> uuid.UUID:
-        await self.write({queue: [envelope]}, deadline)
-        return envelope.id
-
-    async def close(self) -> None:
-        pass
 
 
 def _closed_port() -> int:
@@ -89,12 +67,12 @@ def _expired_token() -> str:
 
 
 @pytest.fixture
-def writer() -> RecordingWriter:
-    return RecordingWriter()
+def writer() -> StandInWriter:
+    return StandInWriter()
 
 
 @pytest.fixture
-async def intake(writer: RecordingWriter) -> AsyncIterator[Intake]:
+async def intake(writer: StandInWriter) -> AsyncIterator[Intake]:
     created = create_app(SETTINGS)
     client = aioredis.Redis.from_url(SETTINGS.redis_url)
     engine: AsyncEngine = create_engine(SETTINGS)
@@ -166,7 +144,7 @@ def _problem(response: httpx.Response, status: int, kind: str) -> dict[str, Any]
     ],
 )
 async def test_invalid_events_name_every_wrong_field_and_queue_nothing(
-    http: httpx.AsyncClient, writer: RecordingWriter, body: dict[str, Any], locs: list[Any]
+    http: httpx.AsyncClient, writer: StandInWriter, body: dict[str, Any], locs: list[Any]
 ) -> None:
     problem = _problem(await http.post(EVENTS, json=body), 422, "validation")
     assert sorted(e["loc"] for e in problem["errors"]) == sorted(locs)
@@ -174,7 +152,7 @@ async def test_invalid_events_name_every_wrong_field_and_queue_nothing(
 
 
 async def test_malformed_json_wrong_type_oversize_bodies_and_methods(
-    http: httpx.AsyncClient, writer: RecordingWriter
+    http: httpx.AsyncClient, writer: StandInWriter
 ) -> None:
     malformed = await http.post(EVENTS, content=b'{"type": "page_view",', headers=JSON)
     _problem(malformed, 400, "malformed-json")
@@ -231,7 +209,7 @@ async def test_forged_tokens_are_refused(anonymous: httpx.AsyncClient) -> None:
         assert response.status_code == 401, token
 
 
-async def test_idempotency_key_limits(http: httpx.AsyncClient, writer: RecordingWriter) -> None:
+async def test_idempotency_key_limits(http: httpx.AsyncClient, writer: StandInWriter) -> None:
     for key in ("", "k" * 256):
         response = await http.post(EVENTS, json=PAGE_VIEW, headers={"Idempotency-Key": key})
         problem = _problem(response, 422, "validation")
@@ -251,7 +229,7 @@ def test_prefer_wait_is_parsed_and_capped() -> None:
 
 
 async def test_prefer_wait_is_applied_within_the_limit(
-    http: httpx.AsyncClient, writer: RecordingWriter
+    http: httpx.AsyncClient, writer: StandInWriter
 ) -> None:
     # max_wait_seconds=0 here: the wait is capped to nothing, so the answer is the 202.
     response = await http.post(EVENTS, json=PAGE_VIEW, headers={"Prefer": "wait=999"})
@@ -267,7 +245,7 @@ async def test_prefer_wait_is_applied_within_the_limit(
 
 
 async def test_batch_lists_each_rejection_and_queues_the_rest(
-    http: httpx.AsyncClient, writer: RecordingWriter
+    http: httpx.AsyncClient, writer: StandInWriter
 ) -> None:
     events = [
         {"type": "page_view", "visitorId": "batch-v1"},
@@ -300,7 +278,7 @@ async def test_batch_lists_each_rejection_and_queues_the_rest(
 
 
 async def test_a_body_that_is_no_batch_is_refused_whole(
-    http: httpx.AsyncClient, writer: RecordingWriter
+    http: httpx.AsyncClient, writer: StandInWriter
 ) -> None:
     for body, loc in (
         ({"events": []}, ["body", "events"]),
@@ -324,9 +302,7 @@ async def test_a_body_that_is_no_batch_is_refused_whole(
     assert writer.written == []
 
 
-async def test_gzip_bodies_and_their_limits(
-    http: httpx.AsyncClient, writer: RecordingWriter
-) -> None:
+async def test_gzip_bodies_and_their_limits(http: httpx.AsyncClient, writer: StandInWriter) -> None:
     gzipped = {**JSON, "Content-Encoding": "gzip"}
     events = [{"type": "page_view", "visitorId": f"gz-{i}"} for i in range(300)]
     body = gzip.compress(orjson.dumps({"events": events}))
@@ -349,7 +325,7 @@ async def test_gzip_bodies_and_their_limits(
 
 
 async def test_a_broker_failure_is_a_503_and_a_bug_is_a_500(
-    http: httpx.AsyncClient, writer: RecordingWriter
+    http: httpx.AsyncClient, writer: StandInWriter
 ) -> None:
     writer.fail = QueueUnavailableError("the queue is unavailable: ConnectionError()")
     for path, body, headers in (

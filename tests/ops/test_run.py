@@ -14,7 +14,7 @@ import pytest
 from ops.local_services import RUNNING_FILE
 from ops.processes import BIN, free_port, listening, port_is_free, wait_until
 from tests.support.processes import REPO
-from tests.support.walkthrough import check_walkthrough, walkthrough
+from tests.support.walkthrough import check_walkthrough, run_walkthrough
 
 
 @pytest.fixture
@@ -66,17 +66,8 @@ def test_walkthrough_on_embedded_servers_then_sighup_stops_everything(
     assert len(descendants) >= 4  # honcho, uvicorn, celery and its pool, flower
 
     # The walk-through's commands find the servers by themselves: no URL in the environment.
-    script = tmp_path / "walkthrough.sh"
-    script.write_text("set -euo pipefail\n" + walkthrough())
-    result = subprocess.run(
-        ["bash", str(script)],
-        env={**env, "LEADSTREAM_URL": api, "PATH": f"{BIN}:{os.environ['PATH']}"},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    path = f"{BIN}:{os.environ['PATH']}"
+    result = run_walkthrough({**env, "LEADSTREAM_URL": api, "PATH": path}, tmp_path)
     check_walkthrough(result)
 
     stop_and_check(stack, signal.SIGHUP, descendants)  # the terminal closes

@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+from pathlib import Path
 
 from tests.support.processes import REPO
 
@@ -11,6 +12,21 @@ def walkthrough() -> str:
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- walkthrough:start -->")[1].split("<!-- walkthrough:end -->")[0]
     return block.split("```bash")[1].split("```")[0]
+
+
+def run_walkthrough(env: dict[str, str], workdir: Path) -> subprocess.CompletedProcess[str]:
+    """The block, run by bash as a reader would paste it (failing at its first error)."""
+    script = workdir / "walkthrough.sh"
+    script.write_text("set -euo pipefail\n" + walkthrough())
+    return subprocess.run(
+        ["bash", str(script)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def check_walkthrough(result: subprocess.CompletedProcess[str]) -> None:

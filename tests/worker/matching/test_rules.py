@@ -24,7 +24,7 @@ T = uuid.UUID("00000000-0000-4000-8000-000000000001")
 OTHER = uuid.UUID("00000000-0000-4000-8000-000000000002")
 ANN, BOB, CID = uuid.UUID(int=0xA), uuid.UUID(int=0xB), uuid.UUID(int=0xD)
 ACME = uuid.UUID(int=0xC)
-ANON = {"visitorId": "anonymous"}
+ANON = {"visitorId": "v-anonymous"}
 
 
 def event(payload: dict[str, Any], tenant: uuid.UUID = T, **extra: Any) -> ParsedEvent:
