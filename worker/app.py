@@ -17,6 +17,7 @@ from shared.contract.queues import ACTIVITY_QUEUE, kombu_queues
 from shared.db.engine import create_engine
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
+from worker import broker
 
 settings = get_settings()
 configure_logging(settings)
@@ -51,7 +52,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 if settings.broker_is_redis:
-    app.conf.broker_transport = "worker.broker:Transport"  # an upstream bug worked around
+    broker.install()  # an upstream bug worked around
 if settings.task_time_limit_seconds >= settings.visibility_timeout_seconds:
     raise RuntimeError("visibility_timeout must exceed the task time limit, or tasks run twice")
 

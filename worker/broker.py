@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 
@@ -27,3 +28,13 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def install() -> None:
+    """Use this transport for redis:// URLs in this process.
+
+    As an alias rather than Celery's `broker_transport`, so the broker URL keeps its `redis://`
+    scheme: Flower picks its broker client (the Broker tab, queue depths) by that scheme.
+    """
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"

@@ -175,31 +175,10 @@ _EVENT_OUTCOME = _EVENT.get(
     "match_conflict",
 )
 _TIMELINE_POSITION = _EVENT.get("occurred_at", "id")
-_PERSON_FIELDS = (
-    "id",
-    "first_name",
-    "last_name",
-    "tags",
-    "source",
-    "stage",
-    "company_id",
-    "created_at",
-    "updated_at",
-    "emails",
-    "phones",
-)
+_PERSON_FIELDS = tuple(_PERSON.columns)  # a person's body: all of its SELECT list
 _PERSON_ALONE = _PERSON.get(*_PERSON_FIELDS)
 _PERSON_IN_OUTCOME = _PERSON.get(*_PERSON_FIELDS, start=_IN_OUTCOME["person"])
-_COMPANY_FIELDS = (
-    "id",
-    "name",
-    "website",
-    "industry",
-    "company_size",
-    "description",
-    "created_at",
-    "updated_at",
-)
+_COMPANY_FIELDS = tuple(_COMPANY.columns)
 _COMPANY_ALONE = _COMPANY.get(*_COMPANY_FIELDS)
 _COMPANY_IN_OUTCOME = _COMPANY.get(*_COMPANY_FIELDS, start=_IN_OUTCOME["company"])
 

@@ -1,0 +1,32 @@
+"""Flower, as `make run` starts it, shows both queues and their depth on its Broker tab."""
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+
+from ops.processes import flower_argv, free_port, listening, start, stop, wait_until
+from tests.support.processes import WorkerProcess
+
+
+def test_the_broker_tab_lists_leads_and_activity_with_their_depth(
+    service_env: dict[str, str], worker: WorkerProcess, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "flower.log"
+    flower = start(flower_argv(port=port), env=service_env, log=log)
+    try:
+        wait_until(listening(port), flower, log, timeout=60, what="flower")
+        deadline = time.monotonic() + 60
+        while True:  # Flower learns the workers' queues by inspecting them, a few seconds in
+            page = httpx.get(f"http://127.0.0.1:{port}/broker", timeout=10)
+            rows = re.findall(r"<td>(leads|activity)</td>\s*<td[^>]*>(\d+)</td>", page.text)
+            if page.status_code != 200 or len(rows) < 2:
+                assert time.monotonic() < deadline, (page.status_code, page.text[-2000:])
+                time.sleep(0.5)
+                continue
+            break
+        assert {name for name, _ in rows} == {"leads", "activity"}
+    finally:
+        stop(flower)
