@@ -1,5 +1,6 @@
 """HTTP bodies for the plain-ASGI routes: content type, limits, gzip, `Prefer`, the raw 202."""
 
+import asyncio
 import re
 import zlib
 
@@ -7,7 +8,8 @@ from ingest_api.asgi import Receive, Send
 from ingest_api.problems import ProblemError
 
 JSON = b"application/json"
-_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
+# At most 6 digits: int() of thousands of them is slow, then refused (Python's 4300-digit cap).
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})(?!\d)", re.IGNORECASE)
 
 
 class DisconnectedError(Exception):
@@ -37,22 +39,38 @@ def _too_large(limit: int) -> ProblemError:
     )
 
 
-async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it passes `limit`, declared or streamed."""
+async def read_body(
+    headers: dict[bytes, bytes], receive: Receive, limit: int, timeout: float
+) -> bytes:
+    """The whole body, refused (413) as soon as it passes `limit`, declared or streamed, and
+    (408) if it has not all arrived within `timeout` seconds: a slow sender holds no request."""
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    body = b""
+    chunks: list[bytes] = []  # joined once: `body += chunk` copies it all at every chunk
+    size = 0
     more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise DisconnectedError
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-        if len(body) > limit:
-            raise _too_large(limit)
-    return body
+    try:
+        async with asyncio.timeout(timeout):
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise DisconnectedError
+                chunk = message.get("body", b"")
+                chunks.append(chunk)
+                size += len(chunk)
+                more = message.get("more_body", False)
+                if size > limit:
+                    raise _too_large(limit)
+    except TimeoutError:
+        raise ProblemError(
+            408,
+            "Request timeout",
+            f"the body did not arrive within {timeout:g} s",
+            kind="request-timeout",
+            headers={"Connection": "close"},
+        ) from None
+    return b"".join(chunks)
 
 
 def gunzip(headers: dict[bytes, bytes], body: bytes, limit: int) -> bytes:

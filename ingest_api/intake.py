@@ -141,9 +141,12 @@ class Intake:
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Queue one event (202), or wait up to N seconds for Sure Send's 201/200 answer."""
         headers = dict(scope["headers"])
-        check_content_type(headers)
-        body = await read_body(headers, receive, EVENT_BODY_LIMIT)
+        # The token before the body: an anonymous sender gets nothing read, nothing buffered.
         principal, state = self._authorize(headers)
+        check_content_type(headers)
+        body = await read_body(
+            headers, receive, EVENT_BODY_LIMIT, state.settings.body_timeout_seconds
+        )
         raw_key = headers.get(b"idempotency-key")
         key = raw_key.decode("latin-1") if raw_key is not None else None
         _check_idempotency_key(key)
@@ -156,6 +159,8 @@ class Intake:
         envelope = _envelope(
             event, principal.tenant_id, datetime.now(UTC), key, notify=wait is not None
         )
+        if (problem := _unqueueable(envelope)) is not None:
+            raise validation_problem([{**problem, "loc": ()}], prefix=("body",))
         queue = queue_for(event.type)
         waiting = state.waiter.register(envelope.id) if wait is not None else None
         owner, waiting = await self._enqueue(state, envelope, queue, key, waiting)
@@ -174,11 +179,12 @@ class Intake:
         """Validate each event on its own and queue the good ones together: 202 with a result
         per event, so a bad event never costs its neighbours."""
         headers = dict(scope["headers"])
-        check_content_type(headers)
-        body = gunzip(
-            headers, await read_body(headers, receive, BATCH_BODY_LIMIT), BATCH_BODY_LIMIT
-        )
         principal, state = self._authorize(headers)
+        check_content_type(headers)
+        raw = await read_body(
+            headers, receive, BATCH_BODY_LIMIT, state.settings.body_timeout_seconds
+        )
+        body = gunzip(headers, raw, BATCH_BODY_LIMIT)
         if b"idempotency-key" in headers:
             # Ignoring it would let a client believe a retried batch cannot double its events.
             raise ProblemError(
@@ -202,6 +208,10 @@ class Intake:
                 results.append({"index": index, "status": "rejected", "errors": errors})
                 continue
             envelope = _envelope(event, principal.tenant_id, received_at, None, notify=False)
+            if (problem := _unqueueable(envelope)) is not None:
+                errors = [{**problem, "loc": ["body", "events", index]}]
+                results.append({"index": index, "status": "rejected", "errors": errors})
+                continue
             by_queue.setdefault(queue_for(event.type), []).append(envelope)
             results.append({"index": index, "id": str(envelope.id), "status": "queued"})
         if by_queue:
@@ -270,9 +280,27 @@ class Intake:
 
 
 def _unavailable(exc: QueueUnavailableError) -> ProblemError:
+    # The cause is logged, not shown: it names our infrastructure.
+    log.warning("enqueue.unavailable", error=str(exc))
     return ProblemError(
-        503, "Queue unavailable", str(exc), kind="queue-unavailable", headers={"Retry-After": "1"}
+        503,
+        "Queue unavailable",
+        "the queue did not take the event in time: retry after Retry-After seconds",
+        kind="queue-unavailable",
+        headers={"Retry-After": "1"},
     )
+
+
+def _unqueueable(envelope: Envelope) -> dict[str, Any] | None:
+    """Why this event alone cannot be queued, checked here, in its own request: a message that
+    failed to serialise would fail every event coalesced with it, whoever sent them."""
+    try:
+        size = len(orjson.dumps(envelope.payload))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        return {"msg": f"the event cannot be serialised: {exc}", "type": "unserialisable"}
+    if size > EVENT_BODY_LIMIT:
+        return {"msg": f"an event may not exceed {EVENT_BODY_LIMIT} bytes", "type": "too_large"}
+    return None
 
 
 def _envelope(

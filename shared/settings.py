@@ -39,6 +39,8 @@ class Settings(BaseSettings):
 
     default_phone_region: str = "US"
     max_wait_seconds: int = Field(30, ge=0, le=300)
+    # A request body must have arrived within this (408 otherwise): a slow sender holds nothing.
+    body_timeout_seconds: float = Field(10.0, gt=0, le=30)
     # How long the API waits for Redis before answering 503: it must never hang.
     enqueue_timeout_seconds: float = Field(0.5, gt=0)
     enqueue_max_events_per_message: int = Field(200, ge=1, le=1000)

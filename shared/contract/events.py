@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any
 from uuid import UUID
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -262,8 +263,15 @@ class EventIn(Contract):
     @model_validator(mode="before")
     @classmethod
     def _storable(cls, data: Any) -> Any:
-        # Typed fields' numbers are bounded by their types and metadata by its own validator,
-        # which names the field; this catches what no type checks (NUL characters, depth).
+        # What no type checks: NUL characters and absurd depth. orjson finds their absence in
+        # C (it escapes a NUL as \u0000 and refuses 255+ levels); only a suspect payload is
+        # walked, to name the field. Typed fields' numbers are bounded by their types and
+        # metadata by its own validator, which names the field.
+        try:
+            if b"\\u0000" not in orjson.dumps(data):
+                return data
+        except (TypeError, orjson.JSONEncodeError):
+            pass  # too deep, or a value orjson cannot write: let the walk say which
         typed = (
             {k: v for k, v in data.items() if k != "metadata"} if isinstance(data, dict) else data
         )

@@ -4,13 +4,14 @@ The app is `create_app()` served through httpx's ASGI transport, with the state 
 would make, except that the broker writer records what it is handed (or fails as told).
 """
 
+import asyncio
 import base64
 import gzip
 import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -226,6 +227,7 @@ def test_prefer_wait_is_parsed_and_capped() -> None:
     assert wait_seconds(b'return=minimal, WAIT = "12"', 30) == 12
     assert wait_seconds(b"respond-async; wait=999", 30) == 30
     assert wait_seconds(b"nowait=5", 30) is None
+    assert wait_seconds(b"wait=" + b"9" * 5000, 30) is None  # too many digits to be a wait
 
 
 async def test_prefer_wait_is_applied_within_the_limit(
@@ -372,3 +374,89 @@ async def test_the_openapi_document_states_the_configured_limits(http: httpx.Asy
         spec["components"]["schemas"]
     )
     assert "get" in spec["paths"][EVENTS]  # the timeline, which FastAPI serves
+
+
+async def _call(
+    intake: Intake, headers: dict[str, str], receive: Callable[[], Awaitable[dict[str, Any]]]
+) -> tuple[int, dict[str, Any]]:
+    """Drive the intake as a server would, with a receive() the test controls."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": EVENTS,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    async with asyncio.timeout(5):
+        await intake(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], orjson.loads(body)
+
+
+async def test_an_anonymous_body_is_never_read(intake: Intake) -> None:
+    reads = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        await asyncio.Event().wait()  # a sender that never finishes its body
+        raise AssertionError
+
+    status, problem = await _call(intake, {"Content-Type": "application/json"}, receive)
+    assert (status, problem["status"], reads) == (401, 401, 0)
+
+
+async def test_a_body_that_stalls_is_answered_408_within_the_timeout(intake: Intake) -> None:
+    state = intake.app.state.ingest
+    state.settings = SETTINGS.model_copy(update={"body_timeout_seconds": 0.2})
+    chunks = [{"type": "http.request", "body": b'{"type": "pa', "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            return chunks.pop()
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {_token()}"}
+    started = time.monotonic()
+    status, problem = await _call(intake, headers, receive)
+    assert (status, problem["type"].rsplit("/", 1)[1]) == (408, "request-timeout")
+    assert time.monotonic() - started < 2
+
+
+async def test_a_body_in_many_small_chunks_is_read_whole(intake: Intake) -> None:
+    body = orjson.dumps({**PAGE_VIEW, "metadata": {"blob": "x" * 30_000}})
+    chunks = [
+        {"type": "http.request", "body": body[i : i + 10], "more_body": i + 10 < len(body)}
+        for i in range(0, len(body), 10)
+    ][::-1]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop()
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {_token()}"}
+    status, _ = await _call(intake, headers, receive)
+    assert status == 202 and not chunks
+
+
+async def test_a_batch_event_over_the_single_event_limit_is_rejected_alone(
+    http: httpx.AsyncClient, writer: StandInWriter
+) -> None:
+    big = {**PAGE_VIEW, "metadata": {"blob": "x" * 40_000}}
+    response = await http.post(BATCH, json={"events": [PAGE_VIEW, big, PAGE_VIEW]})
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["queued", "rejected", "queued"]
+    assert results[1]["errors"][0]["loc"] == ["body", "events", 1]
+    assert len(writer.written) == 2
+
+
+async def test_503_details_name_no_internals(
+    http: httpx.AsyncClient, writer: StandInWriter
+) -> None:
+    writer.fail = QueueUnavailableError("the queue is unavailable: ConnectionError('10.0.0.7')")
+    problem = _problem(await http.post(EVENTS, json=PAGE_VIEW), 503, "queue-unavailable")
+    assert "10.0.0.7" not in problem["detail"] and "Error" not in problem["detail"]
