@@ -41,6 +41,7 @@ PROBLEMS = problems(
         401: "Missing or invalid token",
         403: "Token lacks the scope",
         404: "Person or company not found (with Prefer: wait)",
+        408: "The body did not arrive within LEADSTREAM_BODY_TIMEOUT_SECONDS",
         413: f"Body over {EVENT_BODY_LIMIT // 1024} KB ({BATCH_BODY_LIMIT // 1024} KB batch)",
         415: "Not application/json",
         422: "Invalid event: every wrong field in errors[].loc",
