@@ -1,4 +1,4 @@
-"""kombu's Redis transport, with one upstream bug (kombu 5.7) worked around.
+"""kombu's Redis transport, with two upstream behaviours (kombu 5.7) worked around.
 
 When Redis goes away while a worker holds messages, kombu tears the connection down and then
 tries to restore or ack those messages through it: `_connparams` dereferences the now-None
@@ -28,6 +28,15 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    # A Redis over maxmemory refuses writes (and the transactions holding one): kombu counts
+    # that as a channel error, which Celery finds unrecoverable and the worker exits. Treat it
+    # as a lost connection instead: Celery reconnects, and a message whose ack or requeue was
+    # refused stays unacked until the visibility timeout brings it back.
+    connection_errors = (
+        *kombu_redis.Transport.connection_errors,
+        redis.exceptions.OutOfMemoryError,
+        redis.exceptions.ExecAbortError,
+    )
 
 
 def install() -> None:

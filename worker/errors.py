@@ -4,6 +4,7 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
+import redis
 from sqlalchemy.exc import DBAPIError
 
 from shared.contract.problems import problem_body
@@ -40,6 +41,13 @@ def processing_error(error: BaseException) -> EventFailedError:
     )
 
 
+def retries_exhausted_error(detail: str) -> EventFailedError:
+    """The failure of events whose transient failure outlasted every retry: replayable."""
+    return EventFailedError(
+        "retries_exhausted", 503, "Retries exhausted", f"a transient failure persisted: {detail}"
+    )
+
+
 class PoisonEventError(Exception):
     """An unexpected error while planning one event (a bug); the batch is rerun without it."""
 
@@ -67,6 +75,14 @@ _RERUN_SQLSTATES = {"40001", "40P01", "55P03", "23505", "23503"}
 _UNAVAILABLE_CLASSES = {"08", "53", "57"}
 
 
+_REDIS_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.BusyLoadingError,
+)
+
+
 def sqlstate(exc: DBAPIError) -> str:
     """The SQLSTATE of a database error, or "" if the driver gave none."""
     # SQLAlchemy's asyncpg adapter keeps the driver's error (with its SQLSTATE) as the cause.
@@ -89,6 +105,8 @@ def classify(exc: BaseException) -> Failure:
         if exc.connection_invalidated or state[:2] in _UNAVAILABLE_CLASSES:
             return Failure.TRANSIENT
         return Failure.RERUN if state in _RERUN_SQLSTATES else Failure.POISON
-    if isinstance(exc, OSError | ConnectionError | TimeoutError):
+    if isinstance(exc, OSError | ConnectionError | TimeoutError | _REDIS_UNAVAILABLE):
+        # Publishing the outcomes after commit, too: the retry finds the events stored and
+        # publishes again.
         return Failure.TRANSIENT
     return Failure.POISON

@@ -9,10 +9,11 @@ from typing import Any, TypeVar
 
 import structlog
 from celery import Task
+from celery.exceptions import Reject
 
 from shared.contract.queues import PROCESS_EVENTS_TASK, Envelope
 from worker.app import app, runtime, settings
-from worker.errors import Failure, TransientError, classify
+from worker.errors import Failure, classify, processing_error, retries_exhausted_error
 from worker.unit_of_work import commit_batch, dead_letter_batch, publish_outcomes
 
 log = structlog.get_logger(__name__)
@@ -31,6 +32,14 @@ def retries_exhausted(task: Task) -> bool:
     return int(task.request.retries) >= settings.task_max_retries
 
 
+def _back_off(exc: Exception, attempt: int) -> None:
+    # Back off here, then requeue at once: a countdown would make an ETA message, which
+    # RabbitMQ's quorum queues cannot hold without extra exchanges.
+    delay = min(retry_countdown(attempt), settings.task_time_limit_seconds / 4)
+    log.warning("task.retry", error=str(exc), retries=attempt, delay=round(delay, 2))
+    time.sleep(delay)
+
+
 def leadstream_task(*, name: str) -> Callable[[F], Task]:
     """The one way to declare a task: stable name, acks late, and the retry policy.
 
@@ -47,24 +56,28 @@ def leadstream_task(*, name: str) -> Callable[[F], Task]:
             structlog.contextvars.bind_contextvars(
                 task_id=self.request.id, task=name, pid=os.getpid()
             )
-            try:
-                return fn(self, *args, **kwargs)
-            except Exception as exc:
-                if classify(exc) is not Failure.TRANSIENT:
-                    raise
-                # Back off here, then requeue at once: a countdown would make an ETA message,
-                # which RabbitMQ's quorum queues cannot hold without extra exchanges.
-                delay = min(
-                    retry_countdown(self.request.retries), settings.task_time_limit_seconds / 4
-                )
-                log.warning(
-                    "task.retry",
-                    error=str(exc),
-                    retries=self.request.retries,
-                    delay=round(delay, 2),
-                )
-                time.sleep(delay)
-                raise self.retry(exc=exc, countdown=0) from exc
+            # While the broker refuses the retry's publish, the task runs again here, holding
+            # its message; this long at most, well inside the hard time limit.
+            holding_until = time.monotonic() + settings.task_time_limit_seconds / 2
+            attempt = self.request.retries
+            while True:
+                try:
+                    return fn(self, *args, **kwargs)
+                except Exception as exc:
+                    if classify(exc) is not Failure.TRANSIENT:
+                        raise
+                    _back_off(exc, attempt)
+                    attempt += 1
+                    try:
+                        raise self.retry(exc=exc, countdown=0) from exc
+                    except Reject as refused:
+                        # Celery could not publish the retry and would drop the message
+                        # (Reject(requeue=False)): keep it, and run the task again here.
+                        log.error("task.retry_not_published", error=repr(refused.reason))
+                        if time.monotonic() > holding_until:
+                            # Out of time: requeue it; a broker that refuses that too leaves
+                            # it unacked, and the visibility timeout brings it back.
+                            raise Reject(refused.reason, requeue=True) from exc
 
         task: Task = app.task(
             name=name,
@@ -93,12 +106,19 @@ def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
     started = time.perf_counter()
     try:
         result = rt.run(commit_batch(rt.engine, parsed))
-    except TransientError as exc:
-        if not retries_exhausted(self):
-            raise
-        # Retried for long enough: park the events as dead letters (replayable). If even that
-        # fails, the database is down and the task keeps retrying: nothing is dropped.
-        result = rt.run(dead_letter_batch(rt.engine, parsed, detail=str(exc)))
+    except Exception as exc:
+        if classify(exc) is Failure.TRANSIENT:
+            if not retries_exhausted(self):
+                raise
+            # Retried for long enough: park the events as dead letters (replayable).
+            error = retries_exhausted_error(str(exc))
+        else:
+            # A bug outside the per-event isolation. A failed task's message is dropped by
+            # Celery: park its events as dead letters (replayable) instead.
+            log.exception("batch.failed")
+            error = processing_error(exc)
+        # If even that fails, the database is down and the task keeps retrying.
+        result = rt.run(dead_letter_batch(rt.engine, parsed, error=error))
     publish_outcomes(rt.redis, parsed, result.outcomes, rt.settings)
     log.info(
         "batch.processed",

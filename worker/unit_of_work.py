@@ -118,12 +118,9 @@ async def _bisect(engine: AsyncEngine, envelopes: list[Envelope], exc: Exception
 
 
 async def dead_letter_batch(
-    engine: AsyncEngine, envelopes: list[Envelope], *, detail: str
+    engine: AsyncEngine, envelopes: list[Envelope], *, error: EventFailedError
 ) -> BatchResult:
-    """Store a batch whose retries ran out as dead letters (events already stored stay so)."""
-    error = EventFailedError(
-        "retries_exhausted", 503, "Retries exhausted", f"a transient failure persisted: {detail}"
-    )
+    """Store a batch that cannot be processed as dead letters (events already stored stay so)."""
     try:
         async with engine.begin() as conn:
             return await process_batch(

@@ -1,0 +1,58 @@
+"""Redis refuses writes (over maxmemory) while a task is retrying.
+
+Celery turns a retry it cannot publish into `Reject(requeue=False)`, which deletes the message:
+events answered 202 would be gone. And kombu counts Redis' "OOM command not allowed" as an
+unrecoverable error, which stops the worker. Neither may happen: the message must come back,
+the worker must live, every event must be committed exactly once.
+"""
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.faults.stack import FaultStack
+from tests.faults.support import eventually, log_text
+
+pytestmark = pytest.mark.faults
+
+
+async def test_a_retry_the_broker_refuses_loses_nothing_and_the_worker_lives(
+    faults: FaultStack,
+) -> None:
+    work = faults.burst(events=40, people=10, companies=2, per_message=10, seed=5)
+    worker = faults.worker(
+        name="broker-full",
+        concurrency=1,
+        # Each attempt on the held lock gives up fast, so the task soon retries.
+        settings={"LEADSTREAM_DB_LOCK_TIMEOUT_MS": "200", "LEADSTREAM_TASK_MAX_RETRIES": "1000"},
+    )
+
+    def logged(event: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return event in log_text(worker)
+
+        return check
+
+    async with faults.first_email_locked(work):
+        faults.push(work)
+        await eventually(
+            logged("batch.contention_retry"), timeout=30, what="a batch rerun on the held lock"
+        )
+        # From now on Redis refuses every write: the task's retry publish among them.
+        faults.broker.config_set("maxmemory", "1")
+        await eventually(
+            logged("task.retry_not_published"), timeout=60, what="a retry the broker refused"
+        )
+        faults.broker.config_set("maxmemory", "0")
+    outcomes = await faults.outcomes(work, timeout=150)
+    rows = await faults.stored_exactly_once(work)
+    alive = worker.process.poll() is None
+    faults.measure(
+        accepted=len(work.envelopes),
+        stored=rows["events"],
+        outcomes=len(outcomes),
+        worker_alive=alive,
+        unrecoverable_logged="Unrecoverable error" in log_text(worker),
+    )
+    assert alive, log_text(worker)[-3000:]
+    assert len(outcomes) == len(work.envelopes)
