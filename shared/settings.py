@@ -55,13 +55,15 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(2, ge=1)
     # Redelivery of an unacked message happens after this; it must exceed the hard time limit.
-    visibility_timeout_seconds: int = 300
-    task_time_limit_seconds: int = 90
+    # Redelivery is idempotent, so a short timeout is safe: a killed worker's messages come back
+    # this soon (plus at most RESTORE_SWEEP_SECONDS), to any live worker.
+    visibility_timeout_seconds: int = 45
+    task_time_limit_seconds: int = 30
     # Transient failures retry with backoff (≤ 20 s each) this often, then become dead letters.
     task_max_retries: int = 40
     db_pool_size: int = 5
     db_lock_timeout_ms: int = 10_000
-    db_statement_timeout_ms: int = 30_000
+    db_statement_timeout_ms: int = 20_000  # below the task time limit: a statement fails first
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -22,6 +22,8 @@ from worker import broker
 settings = get_settings()
 configure_logging(settings)
 
+RESTORE_SWEEP_SECONDS = 5
+
 app = Celery("leadstream", broker=settings.celery_broker_url, include=["worker.tasks"])
 app.conf.update(
     # At-least-once delivery; the tasks make it exactly-once in effect.
@@ -38,6 +40,10 @@ app.conf.update(
         "queue_order_strategy": "priority",
         # An unacked message is redelivered after this: longer than any task may run.
         "visibility_timeout": settings.visibility_timeout_seconds,
+        # Look for messages a dead worker held every RESTORE_SWEEP_SECONDS: kombu's default
+        # (10 s x a throttle of 10) let them wait 100 s past the visibility timeout.
+        "unacked_restore_interval": RESTORE_SWEEP_SECONDS,
+        "unacked_restore_throttle": 1,
     },
     broker_connection_retry_on_startup=True,
     # No soft limit: its exception can strike mid-transaction or mid-backoff, and Celery acks a

@@ -26,6 +26,7 @@ from collections import Counter
 import psutil
 import pytest
 
+from shared.settings import Settings
 from tests.faults.stack import FaultStack
 from tests.faults.support import (
     Workload,
@@ -184,3 +185,32 @@ async def test_kill_9_of_the_whole_worker_then_a_restarted_worker_finishes(
         recovery_after_kill_s=round(recovery, 2),
         deliveries=sum(deliveries(first, second, third).values()),
     )
+
+
+async def test_kill_9_of_a_whole_worker_its_events_are_committed_within_a_minute(
+    faults: FaultStack,
+) -> None:
+    """With the default settings, a surviving worker takes over what a killed one held."""
+    survivor = faults.worker(name="survivor")
+    killed = faults.worker(name="killed-with-defaults")
+    work = faults.burst(events=200, people=40, companies=4, per_message=10, seed=4)
+    async with faults.first_email_locked(work):
+        faults.push(work)
+        await faults.batch_stopped_midway(killed)
+        killed.process.kill()
+        killed.process.wait()
+        killed_at = time.monotonic()
+        held = held_by_workers(faults.broker)
+    assert held, "the killed worker held no message: nothing was in flight"
+    await faults.outcomes(work, timeout=120)
+    recovery = time.monotonic() - killed_at
+    found = await faults.stored_exactly_once(work)
+    faults.measure(
+        accepted=len(work.ids),
+        stored=found["events"],
+        events_held_by_killed_worker=len(held),
+        visibility_timeout_s=Settings().visibility_timeout_seconds,
+        recovery_after_kill_s=round(recovery, 2),
+    )
+    assert recovery < 60, f"the killed worker's events took {recovery:.0f} s to come back"
+    assert survivor.process.poll() is None
