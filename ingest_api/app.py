@@ -107,7 +107,9 @@ def create_app(settings: Settings | None = None) -> Intake:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = _redis(settings, timeout=settings.enqueue_timeout_seconds)
-        waiter = OutcomeWaiter(_redis(settings, timeout=None))
+        waiter = OutcomeWaiter(
+            _redis(settings, timeout=None), max_waiters=settings.max_waiters_per_process
+        )
         await check_redis_eviction(client, settings)
         await check_redis_clock(client, settings)
         engine = create_engine(settings)

@@ -156,6 +156,8 @@ class Intake:
             errors = exc.errors(include_url=False, include_input=False)
             raise validation_problem(errors, prefix=("body",)) from None
         wait = wait_seconds(headers.get(b"prefer"), state.settings.max_wait_seconds)
+        if wait is not None and not state.waiter.has_room():
+            wait = None  # this process holds as many waits as it may: answer 202 at once
         envelope = _envelope(
             event, principal.tenant_id, datetime.now(UTC), key, notify=wait is not None
         )

@@ -21,8 +21,10 @@ log = structlog.get_logger(__name__)
 
 
 class OutcomeWaiter:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, max_waiters: int = 1000) -> None:
         self._client = client
+        # Each wait holds a socket and memory: past this, callers are answered 202 at once.
+        self._max_waiters = max_waiters
         self._waiters: dict[str, set[asyncio.Future[StoredOutcome]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
@@ -34,6 +36,10 @@ class OutcomeWaiter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def has_room(self) -> bool:
+        """Whether one more caller may wait in this process."""
+        return sum(map(len, self._waiters.values())) < self._max_waiters
 
     def register(self, event_id: UUID) -> asyncio.Future[StoredOutcome]:
         future: asyncio.Future[StoredOutcome] = asyncio.get_running_loop().create_future()
@@ -81,6 +87,18 @@ class OutcomeWaiter:
             if stored is not None and stored.status != "queued":
                 self._resolve(event_id, stored)
 
+    def _receive(self, data: bytes) -> None:
+        """Resolve the callers an announced outcome answers; a malformed message (a newer
+        worker's, or anything else on the channel) is logged and skipped, never fatal."""
+        try:
+            message = orjson.loads(data)
+            event_id = message["id"]
+            if event_id not in self._waiters:  # most outcomes: nobody here waits for them
+                return
+            self._resolve(event_id, StoredOutcome.model_validate(message["outcome"]))
+        except (ValueError, KeyError, TypeError) as exc:  # ValidationError is a ValueError
+            log.warning("outcome_waiter.malformed_message", error=repr(exc)[:200])
+
     async def _listen(self) -> None:
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -89,10 +107,8 @@ class OutcomeWaiter:
                 await self._catch_up()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    data = orjson.loads(message["data"])
-                    self._resolve(data["id"], StoredOutcome.model_validate(data["outcome"]))
+                    if message is not None:
+                        self._receive(message["data"])
             except (RedisError, OSError) as exc:
                 log.warning("outcome_waiter.disconnected", error=str(exc))
                 await asyncio.sleep(0.5)

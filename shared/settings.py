@@ -39,6 +39,8 @@ class Settings(BaseSettings):
 
     default_phone_region: str = "US"
     max_wait_seconds: int = Field(30, ge=0, le=300)
+    # Callers one API process lets wait (`Prefer: wait`) at once; beyond it, 202 at once.
+    max_waiters_per_process: int = Field(1000, ge=0)
     # A request body must have arrived within this (408 otherwise): a slow sender holds nothing.
     body_timeout_seconds: float = Field(10.0, gt=0, le=30)
     # How long the API waits for Redis before answering 503: it must never hang.
