@@ -144,9 +144,10 @@ class Intake:
         # The token before the body: an anonymous sender gets nothing read, nothing buffered.
         principal, state = self._authorize(headers)
         check_content_type(headers)
-        body = await read_body(
+        raw = await read_body(
             headers, receive, EVENT_BODY_LIMIT, state.settings.body_timeout_seconds
         )
+        body = gunzip(headers, raw, EVENT_BODY_LIMIT)
         raw_key = headers.get(b"idempotency-key")
         key = raw_key.decode("latin-1") if raw_key is not None else None
         _check_idempotency_key(key)

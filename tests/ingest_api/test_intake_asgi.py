@@ -460,3 +460,32 @@ async def test_503_details_name_no_internals(
     writer.fail = QueueUnavailableError("the queue is unavailable: ConnectionError('10.0.0.7')")
     problem = _problem(await http.post(EVENTS, json=PAGE_VIEW), 503, "queue-unavailable")
     assert "10.0.0.7" not in problem["detail"] and "Error" not in problem["detail"]
+
+
+async def test_gzip_is_decoded_whole_or_refused_on_both_routes(
+    http: httpx.AsyncClient, writer: StandInWriter
+) -> None:
+    gzipped = {**JSON, "Content-Encoding": "gzip"}
+    single = gzip.compress(orjson.dumps(PAGE_VIEW))
+    assert (await http.post(EVENTS, content=single, headers=gzipped)).status_code == 202
+    batch = gzip.compress(orjson.dumps({"events": [PAGE_VIEW]}))
+    assert (await http.post(BATCH, content=batch, headers=gzipped)).status_code == 202
+    assert len(writer.written) == 2
+
+    for path, body in ((EVENTS, single), (BATCH, batch)):
+        # Whatever follows the first member would be silently dropped: refused instead.
+        for tail in (b"garbage", gzip.compress(b'{"type": "page_view"}')):
+            refused = _problem(
+                await http.post(path, content=body + tail, headers=gzipped), 400, "malformed-body"
+            )
+            assert "follow" in refused["detail"]
+        truncated = _problem(
+            await http.post(path, content=body[:-6], headers=gzipped), 400, "malformed-body"
+        )
+        assert "truncated" in truncated["detail"]
+        brotli = {**gzipped, "Content-Encoding": "br"}
+        _problem(await http.post(path, content=body, headers=brotli), 415, "unsupported-media-type")
+    # The single event's limit holds for what the body decodes to, too.
+    big = gzip.compress(orjson.dumps({**PAGE_VIEW, "metadata": {"blob": "x" * 40_000}}))
+    _problem(await http.post(EVENTS, content=big, headers=gzipped), 413, "payload-too-large")
+    assert len(writer.written) == 2
