@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     max_waiters_per_process: int = Field(1000, ge=0)
     # A request body must have arrived within this (408 otherwise): a slow sender holds nothing.
     body_timeout_seconds: float = Field(10.0, gt=0, le=30)
+    # What the HTTP server (ingest_api/server.py) allows a sender, per API process: a request
+    # head (request line and headers) whole within this many seconds of its connection or of
+    # its first byte, ...
+    header_timeout_seconds: float = Field(10.0, gt=0, le=30)
+    # ... and no longer than this (431 beyond); beyond `max_connections`, a new one is closed.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    max_connections: int = Field(1000, ge=1)
     # How long the API waits for Redis before answering 503: it must never hang.
     enqueue_timeout_seconds: float = Field(0.5, gt=0)
     enqueue_max_events_per_message: int = Field(200, ge=1, le=1000)
