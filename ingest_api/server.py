@@ -86,10 +86,13 @@ def _too_large_response(limit: int) -> bytes:
     )
 
 
+# The servers (one ServerState each, shared by their connections) whose sweep is running.
 _swept: "weakref.WeakSet[ServerState]" = weakref.WeakSet()
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """One connection: uvicorn's protocol, with a deadline per phase and a budget for the head."""
+
     def __init__(
         self,
         config: Config,
