@@ -96,7 +96,9 @@ async def read_event(
     state: StateDep,
     principal: ReaderDep,
 ) -> Response:
-    """The outcome while Redis keeps it, then the database; 404 for unknown or foreign ids."""
+    """202 while Redis's marker says queued, then the outcome from the database (or the short
+    copy Redis keeps for a waiting caller); 404 for unknown or foreign ids. The worker removes
+    the marker only after commit, so a read sees either the marker or the row."""
     try:
         raw = await state.redis.get(event_key(event_id))
     except (RedisError, OSError):
