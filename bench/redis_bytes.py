@@ -7,6 +7,10 @@ company), measures Redis, runs a real worker over them, and measures again once 
 committed and the worker stopped (its connections' buffers are not the events' cost). Then the
 same for events whose caller waits (`notify`). Figures: the `used_memory` delta per event, and
 `MEMORY USAGE` of each structure the events leave behind.
+
+Last, what a notice on the outcome channel costs an API process that has nobody waiting for
+it (the case of most events if every outcome were announced): the CPU time of an
+`OutcomeWaiter` hearing N notices, in this process.
 """
 
 import argparse
@@ -20,17 +24,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 from sqlalchemy import text
 
 from bench import procs
 from bench.stack import drop_database, flush_redis
+from ingest_api.waiter import OutcomeWaiter
 from ops import processes
 from ops.local_services import start_services
 from ops.processes import REPO
 from shared.broker.writers import RedisWriter
 from shared.contract.events import EventIn
+from shared.contract.outcomes import outcome_channel
 from shared.contract.queues import Envelope, queue_for
 from shared.db.engine import create_engine, migrate_database
 from shared.db.tenants import ensure_tenant
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.redis_bytes", description=__doc__)
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--waited", type=int, default=1000, help="events whose caller waits")
+    parser.add_argument("--notices", type=int, default=40_000, help="0: skip that phase")
     parser.add_argument("--redis-db", type=int, default=14)
     parser.add_argument("--redis-url", help="a Redis of your own (its db is flushed)")
     args = parser.parse_args(argv)
@@ -182,14 +190,63 @@ def main(argv: list[str] | None = None) -> int:
             "LEADSTREAM_LOG_FORMAT": "json",
         }
         tenant_id = asyncio.run(_tenant(settings))
-        _phase(settings, env, tenant_id, args.events, notify=False)
+        if args.events:
+            _phase(settings, env, tenant_id, args.events, notify=False)
         if args.waited:
             _phase(settings, env, tenant_id, args.waited, notify=True)
+        if args.notices:
+            asyncio.run(_notice_cost(settings, args.notices))
     finally:
         drop_database(services.database_url)
         flush_redis(services.redis_url)
         services.close()
     return 0
+
+
+async def _notice_cost(settings: Settings, count: int) -> None:
+    channel = outcome_channel(settings.redis_url, settings.deployment_id)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    engine = create_engine(settings, pool_size=1)
+    waiter = OutcomeWaiter(client, engine, channel)
+    publisher = redis.Redis.from_url(settings.redis_url)
+    tenant = str(uuid.uuid4())
+    notices = [
+        orjson.dumps(
+            {"id": str(uuid.uuid4()), "tenantId": tenant, "status": "processed", "httpStatus": 200}
+        )
+        for _ in range(count)
+    ]
+    try:
+        waiter.start()
+        while publisher.pubsub_numsub(channel)[0][1] == 0:  # noqa: ASYNC110 - Redis signals nothing
+            await asyncio.sleep(0.05)
+        started = time.process_time()
+        published = 0.0
+        for i in range(0, count, 200):
+            cpu = time.process_time()
+            with publisher.pipeline(transaction=False) as pipe:
+                for notice in notices[i : i + 200]:
+                    pipe.publish(channel, notice)
+                pipe.execute()
+            published += time.process_time() - cpu
+            await asyncio.sleep(0)
+        # The listener has heard them all once the channel holds no more for it: a marker last.
+        done = asyncio.get_running_loop().create_future()
+        marker = uuid.uuid4()
+        waiting = waiter.register(marker)
+        waiting.add_done_callback(lambda _: done.set_result(None))
+        publisher.publish(channel, orjson.dumps({"id": str(marker)}))
+        await asyncio.wait_for(done, 120)
+        listened = time.process_time() - started - published
+        print(
+            f"notice cost: {count} notices nobody waits for, {listened / count * 1e6:.1f} µs of"
+            " API-process CPU each"
+        )
+    finally:
+        await waiter.stop()
+        publisher.close()
+        await client.aclose()
+        await engine.dispose()
 
 
 async def _tenant(settings: Settings) -> uuid.UUID:
