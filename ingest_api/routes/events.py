@@ -96,9 +96,9 @@ async def read_event(
     state: StateDep,
     principal: ReaderDep,
 ) -> Response:
-    """202 while Redis's marker says queued, then the outcome from the database (or the short
-    copy Redis keeps for a waiting caller); 404 for unknown or foreign ids. The worker removes
-    the marker only after commit, so a read sees either the marker or the row."""
+    """202 while queued, then the outcome; 404 for unknown or foreign ids."""
+    # Redis holds the "queued" marker (or a waiting caller's short copy of the outcome); the
+    # worker deletes the marker only after commit, so a read sees the marker or the row.
     try:
         raw = await state.redis.get(event_key(event_id))
     except (RedisError, OSError):
