@@ -23,6 +23,7 @@ from ingest_api.routes import companies, events, health, people
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.broker.writers import BrokerWriter, KombuWriter, RedisWriter
+from shared.contract.outcomes import outcome_channel
 from shared.contract.queues import ACTIVITY_QUEUE
 from shared.db.engine import create_engine, migration_head
 from shared.logging import configure_logging
@@ -107,12 +108,15 @@ def create_app(settings: Settings | None = None) -> Intake:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = _redis(settings, timeout=settings.enqueue_timeout_seconds)
-        waiter = OutcomeWaiter(
-            _redis(settings, timeout=None), max_waiters=settings.max_waiters_per_process
-        )
         await check_redis_eviction(client, settings)
         await check_redis_clock(client, settings)
         engine = create_engine(settings)
+        waiter = OutcomeWaiter(
+            _redis(settings, timeout=None),
+            engine,
+            outcome_channel(settings.redis_url, settings.deployment_id),
+            max_waiters=settings.max_waiters_per_process,
+        )
         enqueuer = _enqueuer(settings, client)
         app.state.ingest = IngestState(
             settings=settings,

@@ -8,8 +8,10 @@ validation with the same model, enqueue. Everything else (reads, health, OpenAPI
 """
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
@@ -38,10 +40,10 @@ from ingest_api.problems import (
 )
 from ingest_api.responses import outcome_response, queued_body
 from ingest_api.state import IngestState
+from ingest_api.waiter import Waiting
 from shared.auth import WRITE_SCOPE, Principal
 from shared.broker.writers import QueueUnavailableError
 from shared.contract.events import EventIn
-from shared.contract.outcomes import StoredOutcome
 from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE, Envelope, queue_for
 from shared.ids import new_id
 
@@ -55,9 +57,8 @@ _ALLOWED = {EVENTS_PATH: "GET, POST", BATCH_PATH: "POST"}
 EVENTS_ACCEPTED = Counter("leadstream_events_accepted_total", "Events queued", ["queue"])
 ENQUEUE_FAILURES = Counter("leadstream_enqueue_failures_total", "Events refused with 503")
 IDEMPOTENT_REPLAYS = Counter("leadstream_idempotent_replays_total", "Repeated Idempotency-Keys")
+T = TypeVar("T")
 _ACCEPTED = {queue: EVENTS_ACCEPTED.labels(queue) for queue in (LEADS_QUEUE, ACTIVITY_QUEUE)}
-
-Waiting = asyncio.Future[StoredOutcome]
 
 
 def _batch_items(body: bytes) -> list[Any]:
@@ -171,7 +172,7 @@ class Intake:
         if owner != envelope.id:
             extra["Idempotent-Replayed"] = "true"
         if wait is not None and waiting is not None:
-            outcome = await state.waiter.wait(owner, waiting, wait)
+            outcome = await _unless_disconnected(receive, state.waiter.wait(owner, waiting, wait))
             if outcome is not None:
                 await outcome_response(owner, outcome, extra)(scope, receive, send)
                 return
@@ -280,6 +281,30 @@ class Intake:
         # The key's first event answers: wait for that one instead.
         state.waiter.unregister(envelope.id, waiting)
         return owner, state.waiter.register(owner)
+
+
+async def _unless_disconnected(receive: Receive, waiting: Awaitable[T]) -> T:
+    """What `waiting` gives, or DisconnectedError as soon as the client goes away: uvicorn does
+    not cancel a request whose client left, and a wait must not outlive its caller."""
+    wait = asyncio.ensure_future(waiting)
+    watch = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((wait, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watch, wait):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # the wait unregisters as it ends: the registry empties now
+    if wait.cancelled():
+        raise DisconnectedError
+    return wait.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    # The body has been read whole: what receive() gives next is the client going away.
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _unavailable(exc: QueueUnavailableError) -> ProblemError:

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     env: Literal["dev", "prod"] = "dev"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/leadstream"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Names this installation's outcome channel, with the Redis database number: pub/sub
+    # channels are global to a Redis server, so installations sharing one must not collide.
+    deployment_id: str = Field("leadstream", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Celery's broker; empty means redis_url. An amqp:// URL moves the queues to RabbitMQ.
     broker_url: str = ""
 
@@ -58,7 +61,10 @@ class Settings(BaseSettings):
     enqueue_activity_linger_ms: float = Field(20.0, ge=0, le=200)
     enqueue_activity_flush_events: int = Field(32, ge=1, le=1000)
     queued_marker_ttl_seconds: int = 7 * 24 * 3600
-    outcome_ttl_seconds: int = 3600
+    # Outcomes live in PostgreSQL; Redis keeps a copy of one only for a caller who waits for it,
+    # and of a keyed duplicate answered by another event's outcome (it has no row of its own).
+    outcome_wait_ttl_seconds: int = Field(60, gt=0)
+    outcome_ttl_seconds: int = Field(3600, gt=0)
     idempotency_ttl_seconds: int = 24 * 3600
     outcome_stream_maxlen: int = 100_000
 

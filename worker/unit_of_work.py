@@ -14,7 +14,7 @@ from redis.commands.core import Script
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.contract.outcomes import OUTCOME_CHANNEL, OUTCOME_STREAM, StoredOutcome, event_key
+from shared.contract.outcomes import OUTCOME_STREAM, StoredOutcome, event_key, outcome_channel
 from shared.contract.queues import Envelope
 from shared.settings import Settings
 from worker.errors import (
@@ -136,20 +136,30 @@ def publish_outcomes(
     outcomes: dict[UUID, StoredOutcome],
     settings: Settings,
 ) -> None:
-    """Store every outcome, announce it on the stream, and wake the callers who wait."""
+    """Drop the committed events' "queued" markers, announce their outcomes on the stream, and
+    wake the callers who may wait for them (see shared.contract.outcomes)."""
     keys: list[str] = [OUTCOME_STREAM]
     args: list[str | bytes | int] = [
-        settings.outcome_ttl_seconds,
         settings.outcome_stream_maxlen,
-        OUTCOME_CHANNEL,
+        outcome_channel(settings.redis_url, settings.deployment_id),
     ]
     for envelope in envelopes:
         outcome = outcomes.get(envelope.id)
         if outcome is None:
             continue
         event_id = str(envelope.id)
+        ttl = _copy_ttl(envelope, outcome, settings)
         keys.append(event_key(event_id))
-        args += (event_id, str(outcome.tenant_id), outcome.dumps(), int(envelope.notify))
+        args += (
+            event_id,
+            str(outcome.tenant_id),
+            outcome.status,
+            outcome.http_status or 500,
+            ttl,
+            outcome.dumps() if ttl else b"",
+            # A keyed event's replays may wait for it, whether or not its own caller did.
+            int(envelope.notify or envelope.idempotency_key is not None),
+        )
     if len(keys) == 1:
         return
     try:
@@ -157,3 +167,14 @@ def publish_outcomes(
         _publisher(client)(keys, args)
     except redis.RedisError as exc:
         raise TransientError(f"redis unavailable for outcomes: {exc!r}") from exc
+
+
+def _copy_ttl(envelope: Envelope, outcome: StoredOutcome, settings: Settings) -> int:
+    """How long Redis keeps a copy of this outcome under the event's id; 0 for none."""
+    if outcome.body is not None and outcome.body.get("event", {}).get("id") not in (
+        None,
+        str(envelope.id),
+    ):
+        # A keyed duplicate answered by another event: PostgreSQL has no row under its id.
+        return settings.outcome_ttl_seconds
+    return settings.outcome_wait_ttl_seconds if envelope.notify else 0

@@ -32,7 +32,8 @@ class Envelope(BaseModel):
     tenant_id: UUID
     received_at: datetime
     idempotency_key: str | None = None
-    # A caller is waiting (`Prefer: wait`): the worker publishes the outcome on the channel.
+    # A caller is waiting (`Prefer: wait`): the worker keeps a short copy of the outcome in
+    # Redis for it, and announces it on the channel.
     notify: bool = False
     payload: dict[str, Any]
 

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_api.app import create_app
+from ingest_api.asgi import Message
 from ingest_api.enqueuer import Enqueuer
 from ingest_api.http_body import wait_seconds
 from ingest_api.intake import Intake
@@ -83,7 +84,7 @@ async def intake(writer: StandInWriter) -> AsyncIterator[Intake]:
         migration_head=None,
         redis=client,
         enqueuer=Enqueuer(writer, timeout=0.5),
-        waiter=OutcomeWaiter(client),
+        waiter=OutcomeWaiter(client, engine, "ls:outcomes:intake-test:0"),
         engine=engine,
     )
     yield created
@@ -246,6 +247,44 @@ async def test_prefer_wait_is_applied_within_the_limit(
     assert "preference-applied" not in plain.headers and writer.written[1].notify is False
 
 
+async def test_a_wait_ends_as_soon_as_its_client_goes_away(
+    intake: Intake, writer: StandInWriter
+) -> None:
+    """uvicorn does not cancel a request whose client left: the intake watches for it, so a
+    wait holds nothing once nobody can hear its answer."""
+    state: IngestState = intake.app.state.ingest
+    state.settings = SETTINGS.model_copy(update={"max_wait_seconds": 30})
+    body = orjson.dumps(PAGE_VIEW)
+    gone = asyncio.Event()
+    sent: list[Any] = []
+
+    async def receive() -> Message:
+        if not sent:
+            sent.append("body read")
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"authorization", f"Bearer {_token()}".encode()),
+        (b"content-type", b"application/json"),
+        (b"prefer", b"wait=30"),
+    ]
+    scope = {"type": "http", "method": "POST", "path": EVENTS, "headers": headers}
+    request = asyncio.create_task(intake(scope, receive, send))
+    async with asyncio.timeout(5):
+        while state.waiter.waiting() == 0:  # noqa: ASYNC110 - the intake signals nothing
+            await asyncio.sleep(0.01)
+    assert not request.done() and [e.notify for e in writer.written] == [True]
+    gone.set()
+    await asyncio.wait_for(request, 5)  # not the 30 s the client asked to wait
+    assert state.waiter.waiting() == 0
+    assert sent == ["body read"], "nothing is sent to a client that left"
+
+
 async def test_batch_lists_each_rejection_and_queues_the_rest(
     http: httpx.AsyncClient, writer: StandInWriter
 ) -> None:
@@ -382,7 +421,7 @@ async def _call(
     """Drive the intake as a server would, with a receive() the test controls."""
     sent: list[dict[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {
