@@ -20,6 +20,7 @@ from ingest_api.intake import Intake
 from ingest_api.openapi import document
 from ingest_api.problems import install_problem_handlers
 from ingest_api.routes import companies, events, health, people
+from ingest_api.sources import snippet
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.broker.writers import BrokerWriter, KombuWriter, RedisWriter
@@ -146,6 +147,6 @@ def create_app(settings: Settings | None = None) -> Intake:
     )
     install_problem_handlers(app)
     document(app, settings)
-    for routes in (events, people, companies, health):
+    for routes in (events, people, companies, health, snippet):
         app.include_router(routes.router)
     return Intake(app, verifier)
