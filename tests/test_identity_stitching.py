@@ -2,7 +2,8 @@
 PostgreSQL, read back through the API): a visitor browses two listings anonymously, then says
 who they are, and becomes one person whose timeline holds both views.
 
-The snippet's door is tested the same way in a real browser
+The other doors are tested the same way with their own senders: the pixel and the beacon in
+tests/ingest_api/sources/test_pixel.py, the snippet in a real browser
 (tests/ingest_api/sources/test_snippet_browser.py).
 """
 
@@ -43,7 +44,7 @@ async def test_two_anonymous_listing_views_then_identify_make_one_person(
 ) -> None:
     visitor = f"v-{uuid.uuid4().hex}"
     email = f"ann-{uuid.uuid4().hex[:8]}@example.com"
-    views = [
+    views: list[dict[str, object]] = [
         {"type": "page_view", "visitorId": visitor, "pageUrl": f"https://agent.example/l/{n}"}
         for n in (1, 2)
     ]
