@@ -16,7 +16,8 @@ async function main() {
   const page = await context.newPage();
   const requests = [];
   const errors = [];
-  page.on('request', (r) => requests.push({ method: r.method(), url: r.url(), body: r.postData() }));
+  page.on('request', (r) =>
+    requests.push({ method: r.method(), url: r.url(), type: r.resourceType(), body: r.postData() }));
   page.on('pageerror', (e) => errors.push(String(e)));
   const commands = {
     // Returns once the page has loaded and the snippet has run.

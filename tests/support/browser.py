@@ -134,7 +134,7 @@ class Page:
         return found
 
     def requests(self) -> list[dict[str, Any]]:
-        """Every request the page made so far: method, url, body."""
+        """Every request the page made so far: method, url, type (a resource type), body."""
         made: list[dict[str, Any]] = self._do("requests")
         return made
 

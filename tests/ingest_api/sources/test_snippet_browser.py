@@ -32,6 +32,11 @@ document.addEventListener('securitypolicyviolation', function (e) {
   window.csp.push(e.violatedDirective + ' ' + e.blockedURI);
 });
 window.leadstream = window.leadstream || {q: []};
+if (location.pathname === '/fallbacks') {
+  // A browser without sendBeacon that blocks cookies.
+  Object.defineProperty(navigator, 'sendBeacon', {value: undefined});
+  Object.defineProperty(document, 'cookie', {get: function () { return ''; }, set: function () {}});
+}
 if (location.pathname.indexOf('/listings/') === 0) {
   leadstream.q.push(['track', 'property_view', {property: {id: location.pathname.slice(10)}}]);
 }
@@ -176,6 +181,7 @@ async def test_two_listings_then_identify_make_one_person_with_both_views(
         {"id": "102"},
     ]
     assert page.evaluate("window.csp") == []
+    assert {r["type"] for r in page.requests() if r["method"] == "POST"} == {"ping"}
     assert page.errors() == []
 
 
@@ -215,4 +221,22 @@ async def test_with_consent_pending_nothing_is_stored_until_consent(
     page.evaluate("leadstream.track('search', {propertySearch: {beds: 5}})")
     page.goto(site.url("/consent"))
     assert len([r for r in page.requests() if r["method"] == "POST"]) == sent
+    assert page.errors() == []
+
+
+async def test_without_sendbeacon_or_cookies_it_uses_keepalive_fetch_and_localstorage(
+    site: Site, page: Page, tenant: Tenant, engine: AsyncEngine, worker: WorkerProcess
+) -> None:
+    page.goto(site.url("/fallbacks"))
+    visitor = page.evaluate("localStorage.getItem('ls_vid')")
+    assert visitor
+    assert [c for c in page.cookies() if c["name"] == "ls_vid"] == []
+
+    async def arrived() -> bool:
+        return bool(await _rows(engine, EVENTS, tenant=tenant.id))
+
+    await _eventually(arrived, "the page view sent with fetch")
+    rows = await _rows(engine, EVENTS, tenant=tenant.id)
+    assert [(r["event_type"], r["visitor_id"]) for r in rows] == [("page_view", visitor)]
+    assert [r["type"] for r in page.requests() if r["method"] == "POST"] == ["fetch"]
     assert page.errors() == []
