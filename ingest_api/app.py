@@ -19,7 +19,12 @@ from ingest_api.enqueuer import Enqueuer
 from ingest_api.intake import Intake
 from ingest_api.openapi import document
 from ingest_api.problems import install_problem_handlers
+from ingest_api.rate_limit import RateLimiter
 from ingest_api.routes import companies, events, health, people
+from ingest_api.sources import snippet
+from ingest_api.sources.beacon import BEACON_PATH, serve_beacon
+from ingest_api.sources.pixel import PIXEL_PATH, serve_pixel
+from ingest_api.sources.site_keys import SiteKeys
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.broker.writers import BrokerWriter, KombuWriter, RedisWriter
@@ -126,6 +131,18 @@ def create_app(settings: Settings | None = None) -> Intake:
             enqueuer=enqueuer,
             waiter=waiter,
             engine=engine,
+            limiter=RateLimiter(
+                client,
+                rate=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
+                timeout=settings.enqueue_timeout_seconds,
+            ),
+            sites=SiteKeys(
+                engine,
+                ttl=settings.site_key_cache_seconds,
+                max_entries=settings.site_key_cache_size,
+                timeout=settings.enqueue_timeout_seconds,
+            ),
         )
         waiter.start()
         # Start-up objects live for the whole process: keep them out of every GC pass.
@@ -150,6 +167,6 @@ def create_app(settings: Settings | None = None) -> Intake:
     )
     install_problem_handlers(app)
     document(app, settings)
-    for routes in (events, people, companies, health):
+    for routes in (events, people, companies, health, snippet):
         app.include_router(routes.router)
-    return Intake(app, verifier)
+    return Intake(app, verifier, {PIXEL_PATH: serve_pixel, BEACON_PATH: serve_beacon})

@@ -9,7 +9,8 @@ validation with the same model, enqueue. Everything else (reads, health, OpenAPI
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+import hashlib
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -22,6 +23,14 @@ from pydantic import ValidationError
 
 from ingest_api.asgi import Receive, Scope, Send
 from ingest_api.auth import TokenVerifier, authorize
+from ingest_api.handoff import (
+    ACCEPTED,
+    ENQUEUE_FAILURES,
+    EVENT_BODY_LIMIT,
+    make_envelope,
+    unavailable,
+    unqueueable,
+)
 from ingest_api.http_body import (
     DisconnectedError,
     check_content_type,
@@ -38,27 +47,26 @@ from ingest_api.problems import (
     problem_response,
     validation_problem,
 )
+from ingest_api.rate_limit import too_many_requests
 from ingest_api.responses import outcome_response, queued_body
+from ingest_api.sources import Door
 from ingest_api.state import IngestState
 from ingest_api.waiter import Waiting
 from shared.auth import WRITE_SCOPE, Principal
 from shared.broker.writers import QueueUnavailableError
 from shared.contract.events import EventIn
-from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE, Envelope, queue_for
-from shared.ids import new_id
+from shared.contract.queues import Envelope, queue_for
 
 log = structlog.get_logger(__name__)
 
-EVENT_BODY_LIMIT = 32 * 1024
+__all__ = ["EVENT_BODY_LIMIT", "Intake"]
+
 BATCH_BODY_LIMIT = 512 * 1024  # after gzip decoding, if any
 BATCH_MAX_EVENTS = 500
 _ALLOWED = {EVENTS_PATH: "GET, POST", BATCH_PATH: "POST"}
 
-EVENTS_ACCEPTED = Counter("leadstream_events_accepted_total", "Events queued", ["queue"])
-ENQUEUE_FAILURES = Counter("leadstream_enqueue_failures_total", "Events refused with 503")
 IDEMPOTENT_REPLAYS = Counter("leadstream_idempotent_replays_total", "Repeated Idempotency-Keys")
 T = TypeVar("T")
-_ACCEPTED = {queue: EVENTS_ACCEPTED.labels(queue) for queue in (LEADS_QUEUE, ACTIVITY_QUEUE)}
 
 
 def _batch_items(body: bytes) -> list[Any]:
@@ -107,13 +115,20 @@ def _check_idempotency_key(key: str | None) -> None:
 
 
 class Intake:
-    """The ASGI app uvicorn serves: the POSTs here, every other request to FastAPI."""
+    """The ASGI app uvicorn serves: the POSTs here, the other doors (`ingest_api.sources`) by
+    their paths, every other request to FastAPI."""
 
-    def __init__(self, app: FastAPI, verifier: TokenVerifier) -> None:
-        self.app, self.verifier = app, verifier
+    def __init__(
+        self, app: FastAPI, verifier: TokenVerifier, doors: Mapping[str, Door] | None = None
+    ) -> None:
+        self.app, self.verifier, self.doors = app, verifier, dict(doors or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else None
+        door = self.doors.get(path or "")
+        if door is not None:
+            await door(getattr(self.app.state, "ingest", None), scope, receive, send)
+            return
         # GET on the collection is the timeline, which FastAPI serves.
         allowed = _ALLOWED.get(path or "")
         if allowed is None or (path == EVENTS_PATH and scope["method"] == "GET"):
@@ -144,6 +159,7 @@ class Intake:
         headers = dict(scope["headers"])
         # The token before the body: an anonymous sender gets nothing read, nothing buffered.
         principal, state = self._authorize(headers)
+        await _limit(state, principal, headers)
         check_content_type(headers)
         raw = await read_body(
             headers, receive, EVENT_BODY_LIMIT, state.settings.body_timeout_seconds
@@ -160,10 +176,10 @@ class Intake:
         wait = wait_seconds(headers.get(b"prefer"), state.settings.max_wait_seconds)
         if wait is not None and not state.waiter.has_room():
             wait = None  # this process holds as many waits as it may: answer 202 at once
-        envelope = _envelope(
+        envelope = make_envelope(
             event, principal.tenant_id, datetime.now(UTC), key, notify=wait is not None
         )
-        if (problem := _unqueueable(envelope)) is not None:
+        if (problem := unqueueable(envelope)) is not None:
             raise validation_problem([{**problem, "loc": ()}], prefix=("body",))
         queue = queue_for(event.type)
         waiting = state.waiter.register(envelope.id) if wait is not None else None
@@ -184,6 +200,7 @@ class Intake:
         per event, so a bad event never costs its neighbours."""
         headers = dict(scope["headers"])
         principal, state = self._authorize(headers)
+        await _limit(state, principal, headers)
         check_content_type(headers)
         raw = await read_body(
             headers, receive, BATCH_BODY_LIMIT, state.settings.body_timeout_seconds
@@ -211,8 +228,8 @@ class Intake:
                 )
                 results.append({"index": index, "status": "rejected", "errors": errors})
                 continue
-            envelope = _envelope(event, principal.tenant_id, received_at, None, notify=False)
-            if (problem := _unqueueable(envelope)) is not None:
+            envelope = make_envelope(event, principal.tenant_id, received_at, None, notify=False)
+            if (problem := unqueueable(envelope)) is not None:
                 errors = [{**problem, "loc": ["body", "events", index]}]
                 results.append({"index": index, "status": "rejected", "errors": errors})
                 continue
@@ -223,9 +240,9 @@ class Intake:
                 await state.enqueuer.enqueue_all(by_queue)
             except QueueUnavailableError as exc:
                 ENQUEUE_FAILURES.inc(sum(len(queued) for queued in by_queue.values()))
-                raise _unavailable(exc) from None
+                raise unavailable(exc) from None
             for queue, queued in by_queue.items():
-                _ACCEPTED[queue].inc(len(queued))
+                ACCEPTED[queue].inc(len(queued))
         await send_accepted(send, orjson.dumps({"results": results}), {})
 
     def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Principal, IngestState]:
@@ -271,9 +288,9 @@ class Intake:
             if not isinstance(exc, QueueUnavailableError):
                 raise  # a bug: the 500 it becomes must not pass for a busy queue
             ENQUEUE_FAILURES.inc()
-            raise _unavailable(exc) from None
+            raise unavailable(exc) from None
         if owner == envelope.id:
-            _ACCEPTED[queue].inc()
+            ACCEPTED[queue].inc()
             return owner, waiting
         IDEMPOTENT_REPLAYS.inc()
         if waiting is None:
@@ -307,39 +324,9 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-def _unavailable(exc: QueueUnavailableError) -> ProblemError:
-    # The cause is logged, not shown: it names our infrastructure.
-    log.warning("enqueue.unavailable", error=str(exc))
-    return ProblemError(
-        503,
-        "Queue unavailable",
-        "the queue did not take the event in time: retry after Retry-After seconds",
-        kind="queue-unavailable",
-        headers={"Retry-After": "1"},
-    )
-
-
-def _unqueueable(envelope: Envelope) -> dict[str, Any] | None:
-    """Why this event alone cannot be queued, checked here, in its own request: a message that
-    failed to serialise would fail every event coalesced with it, whoever sent them."""
-    try:
-        size = len(orjson.dumps(envelope.payload))
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        return {"msg": f"the event cannot be serialised: {exc}", "type": "unserialisable"}
-    if size > EVENT_BODY_LIMIT:
-        return {"msg": f"an event may not exceed {EVENT_BODY_LIMIT} bytes", "type": "too_large"}
-    return None
-
-
-def _envelope(
-    event: EventIn, tenant_id: UUID, received_at: datetime, key: str | None, notify: bool
-) -> Envelope:
-    # Every value is already valid: construct without validating again.
-    return Envelope.model_construct(
-        id=new_id(),
-        tenant_id=tenant_id,
-        received_at=received_at,
-        idempotency_key=key,
-        notify=notify,
-        payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
-    )
+async def _limit(state: IngestState, principal: Principal, headers: dict[bytes, bytes]) -> None:
+    """429 once this Bearer token is over its rate (one bucket per tenant and token)."""
+    token = hashlib.blake2b(headers.get(b"authorization", b""), digest_size=12).hexdigest()
+    decision = await state.limiter.check(f"token:{principal.tenant_id}:{token}")
+    if not decision.allowed:
+        raise too_many_requests(decision, "token")

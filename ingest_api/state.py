@@ -9,6 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_api.auth import TokenVerifier
 from ingest_api.enqueuer import Enqueuer
+from ingest_api.rate_limit import RateLimiter
+from ingest_api.sources.site_keys import SiteKeys
 from ingest_api.waiter import OutcomeWaiter
 from shared.settings import Settings
 
@@ -22,6 +24,8 @@ class IngestState:
     enqueuer: Enqueuer
     waiter: OutcomeWaiter
     engine: AsyncEngine
+    limiter: RateLimiter
+    sites: SiteKeys
 
 
 async def _state(request: Request) -> IngestState:

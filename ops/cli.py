@@ -35,6 +35,7 @@ from shared.auth import ALL_SCOPES, mint_token
 from shared.broker.writers import KombuWriter
 from shared.contract.queues import Envelope
 from shared.db.engine import create_engine, migrate_database
+from shared.db.sites import IP_POLICIES, Site, create_site, list_sites, revoke_site, tenant_names
 from shared.db.tenants import ensure_tenant, find_tenant
 from shared.settings import Settings, known_region
 
@@ -51,6 +52,10 @@ dlq_app = typer.Typer(
     help="Dead letters: events that could not be processed.", no_args_is_help=True
 )
 app.add_typer(dlq_app, name="dlq")
+site_app = typer.Typer(
+    help="Site keys: the public keys of the pixel and the beacon.", no_args_is_help=True
+)
+app.add_typer(site_app, name="site")
 
 
 def main() -> None:
@@ -258,6 +263,90 @@ async def _replay(
         await writer.close()
         await client.aclose()
     return replayed
+
+
+@site_app.command("create")
+def site_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name.")],
+    origin: Annotated[
+        list[str], typer.Option(help="An allowed origin, https://host[:port]; repeat for several.")
+    ],
+    ip_policy: Annotated[
+        str, typer.Option(help="What is stored of a client's address: keep, truncate or drop.")
+    ] = "truncate",
+    rate: Annotated[
+        float | None, typer.Option(help="Requests per second (default LEADSTREAM_RATE_LIMIT_*).")
+    ] = None,
+    burst: Annotated[int | None, typer.Option(help="Burst allowance (requests).")] = None,
+) -> None:
+    """Create a site key; it is printed alone on the last line."""
+    if ip_policy not in IP_POLICIES:
+        raise CommandError(f"--ip-policy must be one of {', '.join(IP_POLICIES)}")
+    if (rate is not None and rate <= 0) or (burst is not None and burst < 1):
+        raise CommandError("--rate must be above 0 and --burst at least 1")
+    settings = _settings()
+
+    async def create(conn: Any) -> Site:
+        tenant_id = await find_tenant(conn, name=tenant)
+        if tenant_id is None:
+            raise CommandError(
+                f"no tenant named {tenant!r}: create it with `leadstream tenant create`"
+            )
+        try:
+            return await create_site(
+                conn,
+                tenant_id=tenant_id,
+                origins=origin,
+                ip_policy=ip_policy,
+                rate_per_second=rate,
+                rate_burst=burst,
+            )
+        except ValueError as exc:
+            raise CommandError(f"--origin: {exc}") from None
+
+    site: Site = asyncio.run(_with_connection(settings.database_url, create, commit=True))
+    typer.echo(f"site key for tenant {tenant!r}, origins {' '.join(sorted(site.origins))}:")
+    typer.echo(site.key)
+
+
+@site_app.command("list")
+def site_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+) -> None:
+    """List site keys, oldest first: key, tenant, state, IP policy, rate, origins."""
+
+    async def read(conn: Any) -> tuple[list[Site], dict[UUID, str]]:
+        tenant_id = None
+        if tenant is not None:
+            tenant_id = await find_tenant(conn, name=tenant)
+            if tenant_id is None:
+                raise CommandError(f"no tenant named {tenant!r}")
+        sites = await list_sites(conn, tenant_id=tenant_id)
+        return sites, await tenant_names(conn, {site.tenant_id for site in sites})
+
+    sites, names = asyncio.run(_with_connection(_settings().database_url, read))
+    for site in sites:
+        state = f"revoked {site.revoked_at:%Y-%m-%d %H:%M}" if site.revoked_at else "active"
+        rate = (
+            f"rate={'default' if site.rate_per_second is None else f'{site.rate_per_second:g}/s'}"
+            f" burst={'default' if site.rate_burst is None else site.rate_burst}"
+        )
+        typer.echo(
+            f"{site.key}  {names.get(site.tenant_id, site.tenant_id)}  {state}  "
+            f"ip={site.ip_policy}  {rate}  {' '.join(sorted(site.origins))}"
+        )
+    typer.echo(f"{len(sites)} site key(s)", err=True)
+
+
+@site_app.command("revoke")
+def site_revoke(key: str) -> None:
+    """Revoke a site key: API processes refuse it within LEADSTREAM_SITE_KEY_CACHE_SECONDS."""
+    found = asyncio.run(
+        _with_connection(_settings().database_url, lambda conn: revoke_site(conn, key), commit=True)
+    )
+    if not found:
+        raise CommandError(f"no site key {key!r}")
+    typer.echo(f"revoked {key}")
 
 
 async def _demo_tenant(settings: Settings) -> tuple[UUID, str]:

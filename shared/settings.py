@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = 24 * 3600
     outcome_stream_maxlen: int = 100_000
 
+    # Token buckets per Bearer token and per site key (a site's own rate overrides them); one
+    # request costs one token. A rate of 0 turns the limiter off.
+    rate_limit_per_second: float = Field(200.0, ge=0)
+    rate_limit_burst: int = Field(400, ge=1)
+    # Site keys are looked up through a per-process cache: a revoked key stops working within
+    # this many seconds.
+    site_key_cache_seconds: float = Field(30.0, ge=0, le=3600)
+    site_key_cache_size: int = Field(10_000, ge=1)
+
     worker_concurrency: int = Field(2, ge=1)
     # Redelivery of an unacked message happens after this; it must exceed the hard time limit.
     # Redelivery is idempotent, so a short timeout is safe: a killed worker's messages come back

@@ -6,7 +6,9 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
+    CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -195,6 +197,28 @@ class DeadLetter(Base):
     replayed_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
+class Site(Base):
+    """A public site key: write-only, for one tenant's pages on its allowed origins."""
+
+    __tablename__ = "sites"
+    __table_args__ = (
+        CheckConstraint("ip_policy IN ('keep', 'truncate', 'drop')", name="ip_policy"),
+    )
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    # Exactly as browsers send `Origin`: scheme://host[:port], lower case.
+    origins: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    ip_policy: Mapped[str] = mapped_column(String(8), server_default=text("'truncate'"))
+    # NULL: the LEADSTREAM_RATE_LIMIT_* defaults.
+    rate_per_second: Mapped[float | None] = mapped_column(Float)
+    rate_burst: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("now()"))
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
 # Table handles for Core statements (DeclarativeBase types __table__ as a FromClause).
 tenants_t = cast(Table, Tenant.__table__)
 companies_t = cast(Table, Company.__table__)
@@ -205,3 +229,4 @@ visitors_t = cast(Table, Visitor.__table__)
 events_t = cast(Table, Event.__table__)
 idempotency_keys_t = cast(Table, IdempotencyKey.__table__)
 dead_letters_t = cast(Table, DeadLetter.__table__)
+sites_t = cast(Table, Site.__table__)

@@ -26,6 +26,8 @@ from ingest_api.asgi import Message
 from ingest_api.enqueuer import Enqueuer
 from ingest_api.http_body import wait_seconds
 from ingest_api.intake import Intake
+from ingest_api.rate_limit import RateLimiter
+from ingest_api.sources.site_keys import SiteKeys
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.auth import READ_SCOPE, WRITE_SCOPE, mint_token
@@ -86,6 +88,9 @@ async def intake(writer: StandInWriter) -> AsyncIterator[Intake]:
         enqueuer=Enqueuer(writer, timeout=0.5),
         waiter=OutcomeWaiter(client, engine, "ls:outcomes:intake-test:0"),
         engine=engine,
+        # Off: what the limiter decides needs Redis (tests/ingest_api/test_rate_limit.py).
+        limiter=RateLimiter(client, rate=0, burst=1, timeout=0.5),
+        sites=SiteKeys(engine, ttl=30, max_entries=10, timeout=0.5),
     )
     yield created
     await client.aclose()

@@ -1,0 +1,84 @@
+"""What the browser doors (pixel, beacon) share: the request's own facts filled into the event,
+the site's IP policy, CORS headers.
+
+IP policy (per site, `leadstream site create --ip-policy`): `keep` stores the address as is;
+`truncate` (the default) zeroes an IPv4 address's last octet (203.0.113.7 → 203.0.113.0) and
+keeps an IPv6 address's first 48 bits (its routing prefix: 2001:db8:1:2::7 → 2001:db8:1::),
+enough for a region, not a household; `drop` stores none. The policy applies to whatever address
+the event would store, sent or seen.
+"""
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+
+from ingest_api.asgi import Scope
+from shared.contract.events import EventIn
+from shared.db.sites import IpPolicy, Site
+
+UA_LIMIT = 1024  # EventIn.user_agent's own limit
+URL_LIMIT = 2048  # EventIn's Url limit
+
+Address = IPv4Address | IPv6Address
+
+
+def apply_ip_policy(address: Address | None, policy: IpPolicy) -> Address | None:
+    """The address as the site's policy lets it be stored."""
+    if address is None or policy == "drop":
+        return None
+    if policy == "keep":
+        return address
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if isinstance(address, IPv4Address) else 48
+    return ip_network(f"{address}/{prefix}", strict=False).network_address
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the request itself says about the sender, from the connection and its headers."""
+
+    client: Address | None
+    user_agent: str | None
+    referer: str | None
+
+    @classmethod
+    def of(cls, scope: Scope, headers: dict[bytes, bytes]) -> "RequestFacts":
+        # scope["client"] is the peer, or (behind a proxy uvicorn trusts, --forwarded-allow-ips)
+        # the address the proxy forwarded.
+        client = scope.get("client")
+        try:
+            address = ip_address(client[0]) if client else None
+        except ValueError:  # a Unix socket's peer, or a test client's name
+            address = None
+        agent = headers.get(b"user-agent")
+        referer = headers.get(b"referer")
+        return cls(
+            address,
+            agent.decode("latin-1")[:UA_LIMIT] if agent else None,
+            _web_url(referer.decode("latin-1")) if referer else None,
+        )
+
+
+def _web_url(value: str) -> str | None:
+    """`value` if EventIn would take it as a URL (an http(s) address within its limit)."""
+    scheme, sep, _ = value.partition(":")
+    if sep and scheme.lower() in {"http", "https"} and len(value) <= URL_LIMIT:
+        return value
+    return None
+
+
+def complete(event: EventIn, site: Site, facts: RequestFacts) -> EventIn:
+    """The event with what it did not say taken from the request, and the site's IP policy."""
+    address = apply_ip_policy(event.ip_address or facts.client, site.ip_policy)
+    update: dict[str, object] = {"ip_address": address}
+    if event.user_agent is None and facts.user_agent is not None:
+        update["user_agent"] = facts.user_agent
+    if event.page_url is None and facts.referer is not None:
+        update["page_url"] = facts.referer
+    # Every value was validated by EventIn's own rules or fits them (the limits above).
+    return event.model_copy(update=update)
+
+
+def cors_headers(origin: bytes) -> dict[str, str]:
+    """For a request from an origin the site allows: that origin may read the answer."""
+    return {"Access-Control-Allow-Origin": origin.decode("latin-1"), "Vary": "Origin"}
