@@ -5,15 +5,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from ingest_api.app import create_app
-from ingest_api.enqueuer import Enqueuer
-from ingest_api.state import IngestState
-from ingest_api.waiter import OutcomeWaiter
-from shared.db.engine import create_engine
 from shared.settings import Settings
+from tests.support.intake import in_process_intake
 from tests.support.writers import StandInWriter
 
 
@@ -33,23 +28,10 @@ SETTINGS = Settings(
 
 @pytest.fixture
 async def anonymous() -> AsyncIterator[httpx.AsyncClient]:
-    intake = create_app(SETTINGS)
-    client = aioredis.Redis.from_url(SETTINGS.redis_url)
-    engine = create_engine(SETTINGS)
-    intake.app.state.ingest = IngestState(
-        settings=SETTINGS,
-        token_verifier=intake.verifier,
-        migration_head=None,
-        redis=client,
-        enqueuer=Enqueuer(StandInWriter(), timeout=0.5),
-        waiter=OutcomeWaiter(client),
-        engine=engine,
-    )
-    transport = httpx.ASGITransport(app=intake)
-    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
-        yield http
-    await client.aclose()
-    await engine.dispose()
+    async with in_process_intake(SETTINGS, StandInWriter()) as intake:
+        transport = httpx.ASGITransport(app=intake)
+        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
+            yield http
 
 
 async def test_readyz_names_what_failed_but_not_why(anonymous: httpx.AsyncClient) -> None:

@@ -18,22 +18,16 @@ import httpx
 import jwt
 import orjson
 import pytest
-import redis.asyncio as aioredis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_api.app import create_app
 from ingest_api.asgi import Message
-from ingest_api.enqueuer import Enqueuer
 from ingest_api.http_body import wait_seconds
 from ingest_api.intake import Intake
-from ingest_api.rate_limit import RateLimiter
-from ingest_api.sources.site_keys import SiteKeys
 from ingest_api.state import IngestState
-from ingest_api.waiter import OutcomeWaiter
 from shared.auth import READ_SCOPE, WRITE_SCOPE, mint_token
 from shared.broker.writers import QueueUnavailableError
-from shared.db.engine import create_engine
 from shared.settings import Settings
+from tests.support.intake import in_process_intake
 from tests.support.writers import StandInWriter
 
 EVENTS = "/api/partner/events"
@@ -77,24 +71,8 @@ def writer() -> StandInWriter:
 
 @pytest.fixture
 async def intake(writer: StandInWriter) -> AsyncIterator[Intake]:
-    created = create_app(SETTINGS)
-    client = aioredis.Redis.from_url(SETTINGS.redis_url)
-    engine: AsyncEngine = create_engine(SETTINGS)
-    created.app.state.ingest = IngestState(
-        settings=SETTINGS,
-        token_verifier=created.verifier,
-        migration_head=None,
-        redis=client,
-        enqueuer=Enqueuer(writer, timeout=0.5),
-        waiter=OutcomeWaiter(client, engine, "ls:outcomes:intake-test:0"),
-        engine=engine,
-        # Off: what the limiter decides needs Redis (tests/ingest_api/test_rate_limit.py).
-        limiter=RateLimiter(client, rate=0, burst=1, timeout=0.5),
-        sites=SiteKeys(engine, ttl=30, max_entries=10, timeout=0.5),
-    )
-    yield created
-    await client.aclose()
-    await engine.dispose()
+    async with in_process_intake(SETTINGS, writer) as created:
+        yield created
 
 
 @pytest.fixture
