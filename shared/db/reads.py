@@ -107,6 +107,10 @@ _PERSON = _Select(
         ),
         "emails": _contacts_of("person_emails"),
         "phones": _contacts_of("person_phones"),
+        "unverified_phones": (
+            "(SELECT array_agg(ROW(x.value, x.type) ORDER BY x.created_at, x.value)"
+            " FROM person_unverified_phones x WHERE x.person_id = p.id)"
+        ),
     }
 )
 _COMPANY = _Select(
@@ -209,6 +213,18 @@ def _contact_points(points: Sequence[Sequence[Any]] | None) -> list[dict[str, An
     return result
 
 
+def _unverified_points(points: Sequence[Sequence[Any]] | None) -> list[dict[str, Any]]:
+    """Numbers not valid for the tenant's region: shown after the others, never primary."""
+    result = []
+    for value, kind in points or ():
+        point: dict[str, Any] = {"value": value, "isPrimary": False}
+        if kind is not None:
+            point["type"] = kind
+        point["isVerified"] = False
+        result.append(point)
+    return result
+
+
 def _person_body(row: Sequence[Any], get: Getter = _PERSON_ALONE) -> dict[str, Any]:
     (
         person_id,
@@ -222,6 +238,7 @@ def _person_body(row: Sequence[Any], get: Getter = _PERSON_ALONE) -> dict[str, A
         updated_at,
         emails,
         phones,
+        unverified_phones,
     ) = get(row)
     name = " ".join(part for part in (first_name, last_name) if part) or None
     body: dict[str, Any] = {"id": str(person_id)}
@@ -229,7 +246,7 @@ def _person_body(row: Sequence[Any], get: Getter = _PERSON_ALONE) -> dict[str, A
         if value is not None:
             body[key] = value
     body["emails"] = _contact_points(emails)
-    body["phones"] = _contact_points(phones)
+    body["phones"] = _contact_points(phones) + _unverified_points(unverified_phones)
     if tags:
         body["tags"] = list(tags)
     for key, value in (("source", source), ("stage", stage)):

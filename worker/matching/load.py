@@ -17,6 +17,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.contract.queues import Envelope
 from shared.db.locks import (
     company_id_lock,
     company_key_lock,
@@ -93,6 +94,22 @@ def lock_names(events: Iterable[ParsedEvent]) -> set[str]:
             names.add(idempotency_lock(t, item.envelope.idempotency_key))
         names.add(event_lock(item.envelope.id))
     return names
+
+
+def lock_estimate(envelope: Envelope) -> int:
+    """An upper bound of the locks `lock_names` takes for this event, read from its raw
+    payload (before parsing, which needs the tenant's region from the database)."""
+    payload = envelope.payload
+    person = payload.get("person") or {}
+    company = payload.get("company") or {}
+    return (
+        1  # the event
+        + len(person.get("emails") or ())
+        + len(person.get("phones") or ())
+        + sum(1 for name in ("personId", "visitorId") if payload.get(name))
+        + sum(1 for name in ("id", "name") if company.get(name))
+        + (1 if envelope.idempotency_key else 0)
+    )
 
 
 # Reads that lock nothing, in one round trip: decided events ("d"), then the owners of
