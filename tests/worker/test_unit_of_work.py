@@ -114,10 +114,10 @@ async def test_out_of_shared_memory_splits_the_message_instead_of_retrying_it(
 
 
 def _database_error(state: str) -> DBAPIError:
-    class Driver(Exception):
+    class DriverError(Exception):
         sqlstate = state
 
-    return DBAPIError("statement", {}, Driver("failed"))
+    return DBAPIError("statement", {}, DriverError("failed"))
 
 
 def test_the_classification_of_a_message_too_big_for_one_transaction() -> None:
