@@ -3,38 +3,17 @@ database cannot take in one transaction (SQLSTATE 53200, a repeated 57014)."""
 
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.contract.queues import Envelope
-from tests.support.messages import envelope, totals
+from tests.support.messages import contact_rich, totals
 from tests.support.tenants import Tenant
 from worker.errors import Failure, classify
 from worker.matching import batch
 from worker.unit_of_work import Limits, commit_batch, split_by_locks
-
-
-def contact_rich(tenant_id: uuid.UUID, n: int, **payload: Any) -> list[Envelope]:
-    """Events with five e-mails and five valid phones each: 12 advisory locks apiece."""
-    return [
-        envelope(
-            tenant_id,
-            {
-                "type": "inquiry",
-                "visitorId": f"v-{i}",
-                "person": {
-                    "emails": [f"p{i}-{j}@example.com" for j in range(5)],
-                    "phones": [f"(503) 555-{100 * i + j:04d}" for j in range(5)],
-                },
-                **payload,
-            },
-        )
-        for i in range(n)
-    ]
 
 
 def test_a_message_is_split_in_order_within_the_budget() -> None:
