@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.support.messages import contact_rich, totals
 from tests.support.tenants import Tenant
-from worker.errors import Failure, classify
+from worker.errors import Failure, TransientError, classify
 from worker.matching import batch
 from worker.unit_of_work import Limits, commit_batch, split_by_locks
 
@@ -55,15 +55,26 @@ async def test_events_needing_more_locks_than_the_budget_commit_each_once(
 async def lock_table_full(engine: AsyncEngine) -> AsyncIterator[str]:
     """PostgreSQL's own "out of shared memory" (53200) for any statement inserting more than
     two events carrying the marker: what a full lock table does to a big transaction."""
-    marker = f"locks_{uuid.uuid4().hex[:8]}"
+    async for marker in _too_big_fails(engine, "53200", "out of shared memory"):
+        yield marker
+
+
+@pytest.fixture
+async def times_out(engine: AsyncEngine) -> AsyncIterator[str]:
+    """A statement timeout (57014) for any statement inserting more than two marked events."""
+    async for marker in _too_big_fails(engine, "57014", "canceling statement due to timeout"):
+        yield marker
+
+
+async def _too_big_fails(engine: AsyncEngine, state: str, message: str) -> AsyncIterator[str]:
+    marker = f"big_{uuid.uuid4().hex[:8]}"
     async with engine.begin() as conn:
         await conn.execute(
             text(f"""
             CREATE FUNCTION {marker}() RETURNS trigger AS $$
             BEGIN
               IF (SELECT count(*) FROM new_rows WHERE message = '{marker}') > 2 THEN
-                RAISE EXCEPTION 'out of shared memory' USING ERRCODE = '53200',
-                  HINT = 'You might need to increase max_locks_per_transaction.';
+                RAISE EXCEPTION '{message}' USING ERRCODE = '{state}';
               END IF;
               RETURN NULL;
             END $$ LANGUAGE plpgsql""")
@@ -90,6 +101,20 @@ async def test_out_of_shared_memory_splits_the_message_instead_of_retrying_it(
     assert set(result.outcomes) == {e.id for e in events}
     assert all(o.status == "processed" for o in result.outcomes.values())
     assert (await totals(engine, tenant.id))["events"] == 9
+
+
+async def test_a_repeated_statement_timeout_splits_the_message(
+    engine: AsyncEngine, tenant: Tenant, times_out: str
+) -> None:
+    events = contact_rich(tenant.id, 5, message=times_out)
+    # The first time, a timeout may be load: the task retries the message later.
+    with pytest.raises(TransientError):
+        await commit_batch(engine, events)
+    assert (await totals(engine, tenant.id))["events"] == 0
+    # The retried message times out again: it is committed in halves, not retried 40 times.
+    result = await commit_batch(engine, events, failed_before=True)
+    assert (result.created_events, result.failed_events) == (5, 0)
+    assert (await totals(engine, tenant.id))["events"] == 5
 
 
 def _database_error(state: str) -> DBAPIError:
