@@ -98,18 +98,22 @@ def lock_names(events: Iterable[ParsedEvent]) -> set[str]:
 
 def lock_estimate(envelope: Envelope) -> int:
     """An upper bound of the locks `lock_names` takes for this event, read from its raw
-    payload (before parsing, which needs the tenant's region from the database)."""
+    payload (before parsing, which needs the tenant's region from the database). Runs for
+    every event of every message: plain lookups only."""
     payload = envelope.payload
-    person = payload.get("person") or {}
-    company = payload.get("company") or {}
-    return (
+    locks = (
         1  # the event
-        + len(person.get("emails") or ())
-        + len(person.get("phones") or ())
-        + sum(1 for name in ("personId", "visitorId") if payload.get(name))
-        + sum(1 for name in ("id", "name") if company.get(name))
-        + (1 if envelope.idempotency_key else 0)
+        + (payload.get("personId") is not None)
+        + (payload.get("visitorId") is not None)
+        + (envelope.idempotency_key is not None)
     )
+    person = payload.get("person")
+    if person:
+        locks += len(person.get("emails") or ()) + len(person.get("phones") or ())
+    company = payload.get("company")
+    if company:
+        locks += (company.get("id") is not None) + (company.get("name") is not None)
+    return locks
 
 
 # Reads that lock nothing, in one round trip: decided events ("d"), then the owners of
