@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     db_pool_size: int = 5
     db_lock_timeout_ms: int = 10_000
     db_statement_timeout_ms: int = 20_000  # below the task time limit: a statement fails first
+    # Advisory locks one transaction may take: a message needing more is committed in several
+    # transactions. Keep it well below max_locks_per_transaction x max_connections.
+    lock_budget_per_transaction: int = Field(1000, ge=50)
+    # Earlier anonymous events of a newly identified visitor attached in the event's own
+    # transaction (newest first); the rest by the follow-up task, this many per run.
+    backfill_rows_per_transaction: int = Field(1000, ge=1)
+    # Dead letters are kept this long; idempotency keys for idempotency_ttl_seconds.
+    dead_letter_retention_seconds: int = Field(30 * 24 * 3600, gt=0)
+    # Each worker process purges expired rows at most this often, this many per table a run.
+    purge_interval_seconds: int = Field(60, gt=0)
+    purge_rows_per_run: int = Field(1000, ge=1)
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 PROCESS_EVENTS_TASK = "leadstream.process_events"
+# Sent by the worker itself, on ACTIVITY_QUEUE: attach the rest of a visitor's earlier anonymous
+# events to its person, a bounded number per run. Its arguments: tenant id, visitor id.
+BACKFILL_VISITOR_TASK = "leadstream.backfill_visitor"
 LEADS_QUEUE = "leads"
 ACTIVITY_QUEUE = "activity"
 # A person is waiting for an agent: these go to `leads`, which workers drain before `activity`.

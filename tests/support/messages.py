@@ -30,6 +30,25 @@ def envelope(tenant_id: uuid.UUID, payload: dict[str, Any], **extra: Any) -> Env
     )
 
 
+def contact_rich(tenant_id: uuid.UUID, n: int, **payload: Any) -> list[Envelope]:
+    """Events with five e-mails and five valid phones each: 12 advisory locks apiece."""
+    return [
+        envelope(
+            tenant_id,
+            {
+                "type": "inquiry",
+                "visitorId": f"v-{i}",
+                "person": {
+                    "emails": [f"p{i}-{j}@example.com" for j in range(5)],
+                    "phones": [f"(503) 555-{100 * i + j:04d}" for j in range(5)],
+                },
+                **payload,
+            },
+        )
+        for i in range(n)
+    ]
+
+
 def message(envelopes: list[Envelope]) -> bytes:
     queue = queue_for(envelopes[0].payload["type"])
     return celery_task_message(
