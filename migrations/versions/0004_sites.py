@@ -1,7 +1,7 @@
 """sites: public site keys for the browser doors (pixel, beacon)
 
 Revision ID: 0004_sites
-Revises: 0001
+Revises: 0002_pg_hardening
 """
 
 from collections.abc import Sequence
