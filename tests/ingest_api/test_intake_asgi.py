@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_api.app import create_app
+from ingest_api.auth import TenantGate
 from ingest_api.enqueuer import Enqueuer
 from ingest_api.http_body import wait_seconds
 from ingest_api.intake import Intake
@@ -30,6 +31,7 @@ from ingest_api.waiter import OutcomeWaiter
 from shared.auth import READ_SCOPE, WRITE_SCOPE, mint_token
 from shared.broker.writers import QueueUnavailableError
 from shared.db.engine import create_engine
+from shared.db.tenants import TenantStatus
 from shared.settings import Settings
 from tests.support.writers import StandInWriter
 
@@ -67,6 +69,11 @@ def _expired_token() -> str:
     return jwt.encode({**claims, "exp": now - 10}, SETTINGS.jwt_secret, algorithm="HS256")
 
 
+async def _active_tenant(tenant_id: uuid.UUID) -> TenantStatus:
+    # Every tenant exists and is active here: tests/ingest_api/test_auth.py tests the gate.
+    return TenantStatus(tenant_id, active=True, token_version=0)
+
+
 @pytest.fixture
 def writer() -> StandInWriter:
     return StandInWriter()
@@ -80,6 +87,7 @@ async def intake(writer: StandInWriter) -> AsyncIterator[Intake]:
     created.app.state.ingest = IngestState(
         settings=SETTINGS,
         token_verifier=created.verifier,
+        tenants=TenantGate(_active_tenant, ttl=60, timeout=1),
         migration_head=None,
         redis=client,
         enqueuer=Enqueuer(writer, timeout=0.5),
