@@ -16,17 +16,17 @@ from tests.support.redis_dbs import PIPELINE_OWN_WORKER, redis_url_with_db
 from tests.support.tenants import Tenant
 
 
-def _record_pushes(url: str, into: list[str], stop_when: threading.Event) -> threading.Thread:
-    """Record every message LPUSHed to a queue on this Redis (MONITOR), until `stop_when`."""
-    client = redis.Redis.from_url(url, socket_timeout=0.5)
+def _record_pushes(url: str, into: list[str], until: str) -> threading.Thread:
+    """Record every message LPUSHed to the leads queue on this Redis (MONITOR), until a client
+    sends ECHO `until`."""
+    client = redis.Redis.from_url(url, socket_timeout=None)  # redis-py would give up in 5 s
 
     def record() -> None:
         with client.monitor() as monitor:
-            while not stop_when.is_set():
-                try:
-                    command = monitor.next_command()["command"]
-                except redis.TimeoutError:
-                    continue
+            while True:
+                command = monitor.next_command()["command"]
+                if command == f"ECHO {until}":
+                    return
                 if command.startswith("LPUSH leads "):
                     into.append(command.removeprefix("LPUSH leads "))
 
@@ -60,8 +60,8 @@ async def test_a_retried_message_shows_a_count_of_envelopes_never_their_content(
     broker = redis.Redis.from_url(own_redis)
     broker.flushdb()
     pushed: list[str] = []
-    done = threading.Event()
-    recorder = _record_pushes(own_redis, pushed, done)
+    done = f"done-{marker}"
+    recorder = _record_pushes(own_redis, pushed, until=done)
     env = {**service_env, "LEADSTREAM_REDIS_URL": own_redis, "LEADSTREAM_TASK_MAX_RETRIES": "2"}
     worker = start_worker(env, tmp_path / "worker.log", concurrency=1)
     try:
@@ -72,8 +72,8 @@ async def test_a_retried_message_shows_a_count_of_envelopes_never_their_content(
         push(broker, ("leads", message([e])), markers=[e])
         await wait_outcomes(broker, [e.id], timeout=60)
     finally:
-        done.set()
-        recorder.join(timeout=5)
+        broker.echo(done)
+        recorder.join(timeout=10)
         stop(worker.process)
         async with engine.begin() as conn:
             await conn.execute(text(f"DROP TRIGGER {marker} ON events"))
