@@ -54,7 +54,10 @@ REPLAY_TIMEOUT_SECONDS = 60.0
 app = typer.Typer(help="Leadstream: event ingestion for real-estate CRMs.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
-token_app = typer.Typer(help="Mint (or revoke) Bearer tokens.")
+token_app = typer.Typer(
+    help="Print a Bearer token for a tenant (--tenant NAME; events:write only unless --scope"
+    " says more), or revoke the tenant's tokens."
+)
 app.add_typer(token_app, name="token")
 dlq_app = typer.Typer(
     help="Dead letters: events that could not be processed.", no_args_is_help=True

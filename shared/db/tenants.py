@@ -30,13 +30,6 @@ async def ensure_tenant(conn: AsyncConnection, *, name: str, default_region: str
     return tenant_id
 
 
-async def find_tenant(conn: AsyncConnection, *, name: str) -> UUID | None:
-    found: UUID | None = (
-        await conn.execute(select(tenants_t.c.id).where(tenants_t.c.name == name))
-    ).scalar_one_or_none()
-    return found
-
-
 @dataclass(frozen=True)
 class TenantStatus:
     """What decides whether a tenant's token is still good."""
@@ -58,6 +51,7 @@ async def tenant_status(conn: AsyncConnection, tenant_id: UUID) -> TenantStatus 
 
 
 async def find_tenant_status(conn: AsyncConnection, *, name: str) -> TenantStatus | None:
+    """The status of the tenant called `name` (its id among it); None if there is none."""
     row = (
         await conn.execute(select(*_STATUS_COLUMNS).where(tenants_t.c.name == name))
     ).one_or_none()
