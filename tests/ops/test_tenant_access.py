@@ -153,5 +153,5 @@ async def test_events_accepted_before_a_disable_are_still_processed(
     e = envelope(tenant.id, {"type": "inquiry", "person": {"emails": ["kept@example.com"]}})
     broker = redis.Redis.from_url(settings.redis_url)
     push(broker, ("leads", message([e])), markers=[e])
-    outcome = (await wait_outcomes(broker, [e.id]))[e.id]
+    outcome = (await wait_outcomes(broker, engine, [e.id]))[e.id]
     assert outcome.http_status == 201, outcome

@@ -70,7 +70,7 @@ async def test_a_retried_message_shows_a_count_of_envelopes_never_their_content(
             {"type": "inquiry", "person": {"emails": ["private@example.com"]}, "message": marker},
         )
         push(broker, ("leads", message([e])), markers=[e])
-        await wait_outcomes(broker, [e.id], timeout=60)
+        await wait_outcomes(broker, engine, [e.id], timeout=60)
     finally:
         broker.echo(done)
         recorder.join(timeout=10)
