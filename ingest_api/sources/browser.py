@@ -9,7 +9,7 @@ the event would store, sent or seen.
 """
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from ingest_api.asgi import Scope
 from shared.contract.events import EventIn
@@ -19,6 +19,8 @@ UA_LIMIT = 1024  # EventIn.user_agent's own limit
 URL_LIMIT = 2048  # EventIn's Url limit
 
 Address = IPv4Address | IPv6Address
+_IPV4_KEPT = (2**32 - 1) ^ (2**8 - 1)  # /24
+_IPV6_KEPT = (2**128 - 1) ^ (2**80 - 1)  # /48
 
 
 def apply_ip_policy(address: Address | None, policy: IpPolicy) -> Address | None:
@@ -29,8 +31,10 @@ def apply_ip_policy(address: Address | None, policy: IpPolicy) -> Address | None
         return address
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    prefix = 24 if isinstance(address, IPv4Address) else 48
-    return ip_network(f"{address}/{prefix}", strict=False).network_address
+    # Masked as integers: ip_network() parses a string, ten times the cost, on every request.
+    if isinstance(address, IPv4Address):
+        return IPv4Address(int(address) & _IPV4_KEPT)
+    return IPv6Address(int(address) & _IPV6_KEPT)
 
 
 @dataclass(frozen=True)

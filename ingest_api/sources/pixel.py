@@ -14,7 +14,7 @@ The parameters (`PARAMS`; unknown ones, such as cache busters, are ignored) map 
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import structlog
 from prometheus_client import Counter
@@ -80,6 +80,27 @@ METADATA_PREFIX = "m."
 DEFAULT_TYPE = "page_view"
 
 
+def query_params(query: bytes) -> dict[str, str] | None:
+    """The query's parameters (the last of a repeated name wins); None beyond MAX_PARAMS.
+
+    parse_qsl's result, at a fraction of its cost: only what is escaped is unescaped.
+    """
+    parts = query.decode("latin-1").split("&")
+    if len(parts) > MAX_PARAMS:
+        return None
+    params: dict[str, str] = {}
+    for part in parts:
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name = unquote_plus(name, errors="replace")
+            value = unquote_plus(value, errors="replace")
+        if value:  # blank values are absent, as parse_qsl leaves them
+            params[name] = value
+    return params
+
+
 def event_fields(params: dict[str, str]) -> dict[str, Any]:
     """The query's parameters as an event's JSON fields (unvalidated)."""
     fields: dict[str, Any] = {"type": DEFAULT_TYPE}
@@ -121,11 +142,8 @@ async def _queue(state: IngestState | None, scope: Scope) -> str | None:
     if len(query) > QUERY_LIMIT:
         log.info("pixel.refused", reason="too_long", length=len(query))
         return "too_long"
-    try:
-        params = dict(
-            parse_qsl(query.decode("latin-1"), max_num_fields=MAX_PARAMS, errors="replace")
-        )
-    except ValueError:
+    params = query_params(query)
+    if params is None:
         log.info("pixel.refused", reason="too_many_params")
         return "too_many_params"
     try:

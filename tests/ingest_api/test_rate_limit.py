@@ -65,6 +65,8 @@ async def test_concurrent_checks_share_one_round_trip_and_never_overspend(
     limiter._script = counted  # type: ignore[assignment]  # the same call, counted
     decisions = await asyncio.gather(*(limiter.check(name) for _ in range(40)))
     assert sum(d.allowed for d in decisions) == 5
+    assert sorted(d.remaining for d in decisions if d.allowed) == [0, 1, 2, 3, 4]
+    assert all(d.retry_after > 0 for d in decisions if not d.allowed)
     assert calls == 1  # all 40 were checked during one tick
 
 
@@ -117,3 +119,28 @@ async def test_a_token_over_its_limit_gets_429_with_retry_after(
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.headers["ratelimit-limit"] == "3"
         assert refused.headers["ratelimit-remaining"] == "0"
+
+
+async def test_a_large_bucket_lends_tokens_but_processes_never_overspend_it(
+    client: aioredis.Redis,
+) -> None:
+    # Two limiters on one bucket: two API processes. Burst 100 lends 5 tokens per call.
+    first, second = (RateLimiter(client, rate=0.001, burst=100, timeout=2) for _ in range(2))
+    calls = 0
+    script = first._script
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await script(**kwargs)
+
+    first._script = counted  # type: ignore[assignment]  # the same call, counted
+    name = _bucket()
+    assert all([(await first.check(name)).allowed for _ in range(5)])
+    assert calls == 1  # four of the five took a leased token
+    decisions = []
+    for _ in range(80):
+        decisions += [await first.check(name), await second.check(name)]
+    allowed = 5 + sum(d.allowed for d in decisions)
+    assert 90 <= allowed <= 100  # at most the burst; at most a lease each left unused
+    assert not decisions[-1].allowed and not decisions[-2].allowed

@@ -2,10 +2,11 @@
 
 from datetime import UTC, datetime
 from ipaddress import ip_address
+from urllib.parse import parse_qsl
 from uuid import uuid4
 
 from ingest_api.sources.browser import RequestFacts, apply_ip_policy, complete
-from ingest_api.sources.pixel import event_fields
+from ingest_api.sources.pixel import event_fields, query_params
 from shared.contract.events import EventIn
 from shared.db.sites import Site
 
@@ -90,3 +91,15 @@ def test_request_facts_keep_only_what_an_event_may_hold() -> None:
     assert facts == RequestFacts(None, "x" * 1024, None)
     seen = RequestFacts.of({"client": ("2001:db8::1", 5000)}, {b"referer": b"https://a.example/"})
     assert seen == RequestFacts(ip_address("2001:db8::1"), None, "https://a.example/")
+
+
+def test_the_pixel_reads_its_query_as_parse_qsl_would() -> None:
+    for query in (
+        b"k=a&v=b%20c&x=&y&m.a=1+2&%ff%fe=%00&k=z",
+        b"",
+        b"a=1&&b=%E2%82%AC&c=caf\xe9",
+        b"t=%zz&u=a%2",
+    ):
+        expected = dict(parse_qsl(query.decode("latin-1"), errors="replace"))
+        assert query_params(query) == expected, query
+    assert query_params(b"&".join([b"a=1"] * 65)) is None
