@@ -14,7 +14,6 @@ The parameters (`PARAMS`; unknown ones, such as cache busters, are ignored) map 
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
 
 import structlog
 from prometheus_client import Counter
@@ -23,7 +22,7 @@ from pydantic import ValidationError
 from ingest_api.asgi import Receive, Scope, Send
 from ingest_api.handoff import queue_event
 from ingest_api.problems import ProblemError, problem_error_response
-from ingest_api.sources.browser import RequestFacts, complete
+from ingest_api.sources.browser import RequestFacts, complete, query_params
 from ingest_api.sources.site_keys import SiteKeysUnavailableError, origin_allowed
 from ingest_api.state import IngestState
 from shared.contract.events import EventIn
@@ -80,27 +79,6 @@ METADATA_PREFIX = "m."
 DEFAULT_TYPE = "page_view"
 
 
-def query_params(query: bytes) -> dict[str, str] | None:
-    """The query's parameters (the last of a repeated name wins); None beyond MAX_PARAMS.
-
-    parse_qsl's result, at a fraction of its cost: only what is escaped is unescaped.
-    """
-    parts = query.decode("latin-1").split("&")
-    if len(parts) > MAX_PARAMS:
-        return None
-    params: dict[str, str] = {}
-    for part in parts:
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        if "%" in part or "+" in part:
-            name = unquote_plus(name, errors="replace")
-            value = unquote_plus(value, errors="replace")
-        if value:  # blank values are absent, as parse_qsl leaves them
-            params[name] = value
-    return params
-
-
 def event_fields(params: dict[str, str]) -> dict[str, Any]:
     """The query's parameters as an event's JSON fields (unvalidated)."""
     fields: dict[str, Any] = {"type": DEFAULT_TYPE}
@@ -142,7 +120,7 @@ async def _queue(state: IngestState | None, scope: Scope) -> str | None:
     if len(query) > QUERY_LIMIT:
         log.info("pixel.refused", reason="too_long", length=len(query))
         return "too_long"
-    params = query_params(query)
+    params = query_params(query, MAX_PARAMS)
     if params is None:
         log.info("pixel.refused", reason="too_many_params")
         return "too_many_params"
