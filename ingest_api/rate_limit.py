@@ -69,6 +69,7 @@ end
 return out
 """
 KEY_PREFIX = "ls:rate:"
+RATE_LIMIT_HEADERS = ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ingest_api.problems import (
     problem_response,
     validation_problem,
 )
-from ingest_api.rate_limit import too_many_requests
+from ingest_api.rate_limit import RATE_LIMIT_HEADERS, too_many_requests
 from ingest_api.sources.browser import RequestFacts, complete, cors_headers, query_params
 from ingest_api.sources.site_keys import SiteKeysUnavailableError, origin_allowed
 from ingest_api.state import IngestState
@@ -94,6 +94,8 @@ async def serve_beacon(
         return
     except ProblemError as exc:
         exc.headers = {**(exc.headers or {}), **cors}
+        if cors and exc.status == 429:  # so the page's script may read when to retry
+            exc.headers["Access-Control-Expose-Headers"] = ", ".join(RATE_LIMIT_HEADERS)
         await problem_error_response(exc)(scope, receive, send)
     except Exception:
         log.exception("beacon.error")

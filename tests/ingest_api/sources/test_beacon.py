@@ -124,3 +124,4 @@ async def test_the_request_after_the_burst_gets_429_with_retry_after(
     assert over.headers["ratelimit-remaining"] == "0"
     assert int(over.headers["ratelimit-reset"]) > 0
     assert over.headers["access-control-allow-origin"] == ORIGIN
+    assert "Retry-After" in over.headers["access-control-expose-headers"]
