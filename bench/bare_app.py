@@ -2,7 +2,8 @@
 work, as a FastAPI route (`app`, the issue's reference) and as plain ASGI (`asgi_app`, how
 `ingest_api.intake` serves it).
 
-Run like the real API: `uvicorn bench.bare_app:app --loop uvloop --http httptools --no-access-log`.
+Run like the real API: `uvicorn bench.bare_app:app --loop uvloop --http
+ingest_api.server:GuardedHttpToolsProtocol --no-access-log` (`ops.processes.api_argv`).
 """
 
 from fastapi import FastAPI

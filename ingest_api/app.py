@@ -21,12 +21,14 @@ from ingest_api.openapi import document
 from ingest_api.problems import install_problem_handlers
 from ingest_api.rate_limit import RateLimiter
 from ingest_api.routes import companies, events, health, people
+from ingest_api.sources import snippet
 from ingest_api.sources.beacon import BEACON_PATH, serve_beacon
 from ingest_api.sources.pixel import PIXEL_PATH, serve_pixel
 from ingest_api.sources.site_keys import SiteKeys
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.broker.writers import BrokerWriter, KombuWriter, RedisWriter
+from shared.contract.outcomes import outcome_channel
 from shared.contract.queues import ACTIVITY_QUEUE
 from shared.db.engine import create_engine, migration_head
 from shared.logging import configure_logging
@@ -111,12 +113,15 @@ def create_app(settings: Settings | None = None) -> Intake:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = _redis(settings, timeout=settings.enqueue_timeout_seconds)
-        waiter = OutcomeWaiter(
-            _redis(settings, timeout=None), max_waiters=settings.max_waiters_per_process
-        )
         await check_redis_eviction(client, settings)
         await check_redis_clock(client, settings)
         engine = create_engine(settings)
+        waiter = OutcomeWaiter(
+            _redis(settings, timeout=None),
+            engine,
+            outcome_channel(settings.redis_url, settings.deployment_id),
+            max_waiters=settings.max_waiters_per_process,
+        )
         enqueuer = _enqueuer(settings, client)
         app.state.ingest = IngestState(
             settings=settings,
@@ -162,6 +167,6 @@ def create_app(settings: Settings | None = None) -> Intake:
     )
     install_problem_handlers(app)
     document(app, settings)
-    for routes in (events, people, companies, health):
+    for routes in (events, people, companies, health, snippet):
         app.include_router(routes.router)
     return Intake(app, verifier, {PIXEL_PATH: serve_pixel, BEACON_PATH: serve_beacon})

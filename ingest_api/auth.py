@@ -1,6 +1,7 @@
 """Bearer-token dependencies: 401 without a valid token, 403 without the scope."""
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -58,19 +59,22 @@ class TokenVerifier:
 
     def __init__(self, settings: Settings, *, max_tokens: int = 10_000) -> None:
         self._settings, self._max = settings, max_tokens
-        self._known: dict[str, tuple[Principal, float]] = {}
+        # Least recently used first: past `max_tokens`, only the stalest one is forgotten, so
+        # more live tokens than that cost one verify per miss, not a cleared cache for all.
+        self._known: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     def verify(self, token: str) -> Principal:
         known = self._known.get(token)
         if known is not None:
             principal, expires = known
             if time.time() < expires:
+                self._known.move_to_end(token)
                 return principal
             del self._known[token]
         principal, expires = verify_token_with_expiry(self._settings, token)
-        if len(self._known) >= self._max:
-            self._known.clear()  # simple and bounded; a refill costs one verify per client
         self._known[token] = (principal, expires)
+        if len(self._known) > self._max:
+            self._known.popitem(last=False)
         return principal
 
 

@@ -74,7 +74,9 @@ async def read_body(
 
 
 def gunzip(headers: dict[bytes, bytes], body: bytes, limit: int) -> bytes:
-    """The body, gzip-decoded if so encoded; 413 as soon as it decodes past `limit`."""
+    """The body, gzip-decoded if so encoded; 413 as soon as it decodes past `limit`; 400 for a
+    stream that is cut short or followed by anything (a second member included): silently
+    dropping what follows the first member could drop events."""
     encoding = headers.get(b"content-encoding", b"identity").strip().lower()
     if encoding == b"identity":
         return body
@@ -89,12 +91,18 @@ def gunzip(headers: dict[bytes, bytes], body: bytes, limit: int) -> bytes:
     try:
         decoded = decoder.decompress(body, limit + 1)
     except zlib.error:
-        raise ProblemError(
-            400, "Malformed body", "the body is not valid gzip", kind="malformed-body"
-        ) from None
+        raise _malformed_gzip("the body is not valid gzip") from None
     if len(decoded) > limit:
         raise _too_large(limit)
+    if not decoder.eof:
+        raise _malformed_gzip("the gzip stream is truncated: it ends before its end marker")
+    if decoder.unused_data:
+        raise _malformed_gzip("bytes follow the gzip stream: send one gzip member, nothing after")
     return decoded
+
+
+def _malformed_gzip(detail: str) -> ProblemError:
+    return ProblemError(400, "Malformed body", detail, kind="malformed-body")
 
 
 async def send_accepted(send: Send, body: bytes, extra: dict[str, str]) -> None:

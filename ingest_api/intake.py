@@ -8,11 +8,12 @@ validation with the same model, enqueue. Everything else (reads, health, OpenAPI
 """
 
 import asyncio
+import contextlib
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
@@ -51,10 +52,10 @@ from ingest_api.rate_limit import too_many_requests
 from ingest_api.responses import outcome_response, queued_body
 from ingest_api.sources import Door
 from ingest_api.state import IngestState
+from ingest_api.waiter import Waiting
 from shared.auth import WRITE_SCOPE, Principal
 from shared.broker.writers import QueueUnavailableError
 from shared.contract.events import EventIn
-from shared.contract.outcomes import StoredOutcome
 from shared.contract.queues import Envelope, queue_for
 
 log = structlog.get_logger(__name__)
@@ -66,8 +67,7 @@ BATCH_MAX_EVENTS = 500
 _ALLOWED = {EVENTS_PATH: "GET, POST", BATCH_PATH: "POST"}
 
 IDEMPOTENT_REPLAYS = Counter("leadstream_idempotent_replays_total", "Repeated Idempotency-Keys")
-
-Waiting = asyncio.Future[StoredOutcome]
+T = TypeVar("T")
 
 
 def _batch_items(body: bytes) -> list[Any]:
@@ -162,9 +162,10 @@ class Intake:
         principal, state = self._authorize(headers)
         await _limit(state, principal, headers)
         check_content_type(headers)
-        body = await read_body(
+        raw = await read_body(
             headers, receive, EVENT_BODY_LIMIT, state.settings.body_timeout_seconds
         )
+        body = gunzip(headers, raw, EVENT_BODY_LIMIT)
         raw_key = headers.get(b"idempotency-key")
         key = raw_key.decode("latin-1") if raw_key is not None else None
         _check_idempotency_key(key)
@@ -188,7 +189,7 @@ class Intake:
         if owner != envelope.id:
             extra["Idempotent-Replayed"] = "true"
         if wait is not None and waiting is not None:
-            outcome = await state.waiter.wait(owner, waiting, wait)
+            outcome = await _unless_disconnected(receive, state.waiter.wait(owner, waiting, wait))
             if outcome is not None:
                 await outcome_response(owner, outcome, extra)(scope, receive, send)
                 return
@@ -298,6 +299,30 @@ class Intake:
         # The key's first event answers: wait for that one instead.
         state.waiter.unregister(envelope.id, waiting)
         return owner, state.waiter.register(owner)
+
+
+async def _unless_disconnected(receive: Receive, waiting: Awaitable[T]) -> T:
+    """What `waiting` gives, or DisconnectedError as soon as the client goes away: uvicorn does
+    not cancel a request whose client left, and a wait must not outlive its caller."""
+    wait = asyncio.ensure_future(waiting)
+    watch = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((wait, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watch, wait):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # the wait unregisters as it ends: the registry empties now
+    if wait.cancelled():
+        raise DisconnectedError
+    return wait.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    # The body has been read whole: what receive() gives next is the client going away.
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _limit(state: IngestState, principal: Principal, headers: dict[bytes, bytes]) -> None:

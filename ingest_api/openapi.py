@@ -38,13 +38,13 @@ READ_PROBLEMS = problems(
 
 PROBLEMS = problems(
     {
-        400: "Malformed JSON (or gzip, on the batch)",
+        400: "Malformed JSON, or gzip that is invalid, truncated or followed by other bytes",
         401: "Missing or invalid token",
         403: "Token lacks the scope",
         404: "Person or company not found (with Prefer: wait)",
         408: "The body did not arrive within LEADSTREAM_BODY_TIMEOUT_SECONDS",
         413: f"Body over {EVENT_BODY_LIMIT // 1024} KB ({BATCH_BODY_LIMIT // 1024} KB batch)",
-        415: "Not application/json",
+        415: "Not application/json, or a Content-Encoding other than gzip or identity",
         422: "Invalid event: every wrong field in errors[].loc",
         429: "Over the token's rate limit: Retry-After and RateLimit-* headers",
         503: "Queue unavailable, or the API is starting: retry after Retry-After seconds",
@@ -142,7 +142,10 @@ def openapi_paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]
     single = {
         "tags": ["events"],
         "summary": "Create an event",
-        "description": "Queue one event (202), or wait up to N seconds for Sure Send's answer.",
+        "description": (
+            "Queue one event (202), or wait up to N seconds for Sure Send's answer."
+            f" At most {EVENT_BODY_LIMIT // 1024} KB; `Content-Encoding: gzip` accepted."
+        ),
         "operationId": "create_event",
         "security": [{"bearer": []}],
         "parameters": [

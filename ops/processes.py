@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: uvicorn, celery, redis-server
 
 API_APP = "ingest_api.app:create_app"
+# uvicorn's httptools protocol plus header/body deadlines, a header size cap and a connection
+# cap (ingest_api/server.py): the API is safe to expose without a proxy in front.
+API_HTTP = "ingest_api.server:GuardedHttpToolsProtocol"
 WORKER_APP = "worker.app"
 
 
@@ -39,7 +42,7 @@ def api_argv(
         "--loop",
         "uvloop",
         "--http",
-        "httptools",
+        API_HTTP,
         "--no-access-log",
     ]
 

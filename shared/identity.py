@@ -59,6 +59,18 @@ def normalize_phone(raw: str, region: str) -> str:
     )
 
 
+def is_valid_phone(raw: str, region: str) -> bool:
+    """Whether the number is valid for the region, or valid with the country code it carries.
+
+    Only valid numbers are identity keys: placeholders (`000-000-0000`, `1234567890`) and the
+    seed's `+1-555-1234` are not, since many unrelated people type them.
+    """
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(raw.strip(), region))
+    except phonenumbers.NumberParseException:
+        return False
+
+
 def company_key(name: str) -> str:
     """The matching key of a company name: trimmed, inner spaces folded, case-insensitive."""
     return " ".join(name.split()).casefold()

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     env: Literal["dev", "prod"] = "dev"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/leadstream"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Names this installation's outcome channel, with the Redis database number: pub/sub
+    # channels are global to a Redis server, so installations sharing one must not collide.
+    deployment_id: str = Field("leadstream", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Celery's broker; empty means redis_url. An amqp:// URL moves the queues to RabbitMQ.
     broker_url: str = ""
 
@@ -43,6 +46,13 @@ class Settings(BaseSettings):
     max_waiters_per_process: int = Field(1000, ge=0)
     # A request body must have arrived within this (408 otherwise): a slow sender holds nothing.
     body_timeout_seconds: float = Field(10.0, gt=0, le=30)
+    # What the HTTP server (ingest_api/server.py) allows a sender, per API process: a request
+    # head (request line and headers) whole within this many seconds of its connection or of
+    # its first byte, ...
+    header_timeout_seconds: float = Field(10.0, gt=0, le=30)
+    # ... and no longer than this (431 beyond); beyond `max_connections`, a new one is closed.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    max_connections: int = Field(1000, ge=1)
     # How long the API waits for Redis before answering 503: it must never hang.
     enqueue_timeout_seconds: float = Field(0.5, gt=0)
     enqueue_max_events_per_message: int = Field(200, ge=1, le=1000)
@@ -51,7 +61,10 @@ class Settings(BaseSettings):
     enqueue_activity_linger_ms: float = Field(20.0, ge=0, le=200)
     enqueue_activity_flush_events: int = Field(32, ge=1, le=1000)
     queued_marker_ttl_seconds: int = 7 * 24 * 3600
-    outcome_ttl_seconds: int = 3600
+    # Outcomes live in PostgreSQL; Redis keeps a copy of one only for a caller who waits for it,
+    # and of a keyed duplicate answered by another event's outcome (it has no row of its own).
+    outcome_wait_ttl_seconds: int = Field(60, gt=0)
+    outcome_ttl_seconds: int = Field(3600, gt=0)
     idempotency_ttl_seconds: int = 24 * 3600
     outcome_stream_maxlen: int = 100_000
 
@@ -75,6 +88,17 @@ class Settings(BaseSettings):
     db_pool_size: int = 5
     db_lock_timeout_ms: int = 10_000
     db_statement_timeout_ms: int = 20_000  # below the task time limit: a statement fails first
+    # Advisory locks one transaction may take: a message needing more is committed in several
+    # transactions. Keep it well below max_locks_per_transaction x max_connections.
+    lock_budget_per_transaction: int = Field(1000, ge=50)
+    # Earlier anonymous events of a newly identified visitor attached in the event's own
+    # transaction (newest first); the rest by the follow-up task, this many per run.
+    backfill_rows_per_transaction: int = Field(1000, ge=1)
+    # Dead letters are kept this long; idempotency keys for idempotency_ttl_seconds.
+    dead_letter_retention_seconds: int = Field(30 * 24 * 3600, gt=0)
+    # Each worker process purges expired rows at most this often, this many per table a run.
+    purge_interval_seconds: int = Field(60, gt=0)
+    purge_rows_per_run: int = Field(1000, ge=1)
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

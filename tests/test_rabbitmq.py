@@ -74,7 +74,7 @@ async def test_events_flow_through_rabbitmq(
         again = await http.post("/api/partner/events", json=body, headers={"Prefer": "wait=15"})
         assert again.status_code == 200
     ids = [uuid.UUID(v.json()["id"]) for v in views]
-    outcomes = await wait_outcomes(redis.Redis.from_url(settings.redis_url), ids)
+    outcomes = await wait_outcomes(redis.Redis.from_url(settings.redis_url), engine, ids)
     assert {o.status for o in outcomes.values()} == {"processed"}
     assert await totals(engine, tenant.id) == {
         "events": 22,
@@ -91,7 +91,7 @@ async def test_a_message_published_twice_to_rabbitmq_stores_one_event(
     with kombu.Connection(RABBITMQ_URL, transport_options={"confirm_publish": True}) as conn:
         publish_wires(conn, "leads", [[e.to_wire()], [e.to_wire()]])
     client = redis.Redis.from_url(settings.redis_url)
-    outcome = (await wait_outcomes(client, [e.id]))[e.id]
+    outcome = (await wait_outcomes(client, engine, [e.id]))[e.id]
     assert outcome.status == "processed"
     # Each processed copy appends its outcome to the stream: wait for both, then count.
     deadline = asyncio.get_running_loop().time() + 30

@@ -64,8 +64,10 @@ async def test_form_submission_object_format_creates_then_matches(
     person = body["person"]
     assert (person["firstName"], person["lastName"], person["name"]) == ("John", "Doe", "John Doe")
     assert person["emails"] == [{"value": "john.doe@example.com", "isPrimary": True}]
-    # The seed's own invalid number is accepted and normalised to '+' and digits.
-    assert person["phones"] == [{"value": "+15551234", "isPrimary": True}]
+    # The seed's own invalid number is accepted, normalised to '+' and digits and kept on the
+    # person, but unverified: not valid in any region, so never an identity key (nor primary).
+    unverified = {"value": "+15551234", "isPrimary": False, "isVerified": False}
+    assert person["phones"] == [unverified]
     event = body["event"]
     assert event["eventType"] == "form_submission"
     assert event["personId"] == person["id"]
@@ -75,7 +77,8 @@ async def test_form_submission_object_format_creates_then_matches(
     again = await post(client, FORM_OBJECT)
     assert again.status_code == 200
     assert again.json()["wasPersonCreated"] is False
-    assert again.json()["person"]["id"] == person["id"]
+    assert again.json()["person"]["id"] == person["id"]  # matched by the e-mail
+    assert again.json()["person"]["phones"] == [unverified]  # and the number kept once
 
 
 async def test_string_array_format_marks_first_email_and_phone_primary(
@@ -89,8 +92,8 @@ async def test_string_array_format_marks_first_email_and_phone_primary(
         {"value": "john.alt@example.com", "isPrimary": False},
     ]
     assert person["phones"] == [
-        {"value": "+15551234", "isPrimary": True},
-        {"value": "+15555678", "isPrimary": False},
+        {"value": "+15551234", "isPrimary": False, "isVerified": False},
+        {"value": "+15555678", "isPrimary": False, "isVerified": False},
     ]
 
 

@@ -66,6 +66,9 @@ class Failure(Enum):
     TRANSIENT = "transient"  # the database is unreachable: the task retries later
     RERUN = "rerun"  # lost a race with another transaction: a rerun at once sees the winner
     POISON = "poison"  # anything else: one event is at fault, found by bisection
+    # The message is too big for one transaction (the lock table is full, or a statement timed
+    # out again): commit it in halves; one event alone is retried later.
+    SPLIT = "split"
 
 
 # Deadlock, serialisation failure and lock timeout, but also unique and foreign-key violations:
@@ -73,6 +76,10 @@ class Failure(Enum):
 _RERUN_SQLSTATES = {"40001", "40P01", "55P03", "23505", "23503"}
 # Connection exceptions, insufficient resources, operator intervention (e.g. a restart).
 _UNAVAILABLE_CLASSES = {"08", "53", "57"}
+# Out of shared memory: the cluster's lock table is full, and retrying the same transaction
+# refills it (max_locks_per_transaction is shared by every session).
+_OUT_OF_SHARED_MEMORY = "53200"
+STATEMENT_TIMEOUT = "57014"
 
 
 _REDIS_UNAVAILABLE = (
@@ -93,8 +100,12 @@ def sqlstate(exc: DBAPIError) -> str:
     return ""
 
 
-def classify(exc: BaseException) -> Failure:
-    """The one classification of a failure, for the unit of work and the task decorator."""
+def classify(exc: BaseException, *, failed_before: bool = False) -> Failure:
+    """The one classification of a failure, for the unit of work and the task decorator.
+
+    `failed_before`: this message already failed once (a rerun, or a redelivered task), so a
+    statement timeout is the message's size, not a passing load spike.
+    """
     if isinstance(exc, TransientError):
         return Failure.TRANSIENT
     if isinstance(exc, DuplicateEventError):
@@ -102,6 +113,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure.RERUN
     if isinstance(exc, DBAPIError):
         state = sqlstate(exc)
+        if state == _OUT_OF_SHARED_MEMORY or (state == STATEMENT_TIMEOUT and failed_before):
+            return Failure.SPLIT
         if exc.connection_invalidated or state[:2] in _UNAVAILABLE_CLASSES:
             return Failure.TRANSIENT
         return Failure.RERUN if state in _RERUN_SQLSTATES else Failure.POISON

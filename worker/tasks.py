@@ -5,16 +5,24 @@ import os
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
+from uuid import UUID
 
 import structlog
 from celery import Task
 from celery.exceptions import Reject
 
-from shared.contract.queues import PROCESS_EVENTS_TASK, Envelope
-from worker.app import app, runtime, settings
+from shared.contract.queues import (
+    ACTIVITY_QUEUE,
+    BACKFILL_VISITOR_TASK,
+    PROCESS_EVENTS_TASK,
+    Envelope,
+)
+from worker import background
+from worker.app import Runtime, app, runtime, settings
 from worker.errors import Failure, classify, processing_error, retries_exhausted_error
-from worker.unit_of_work import commit_batch, dead_letter_batch, publish_outcomes
+from worker.unit_of_work import Limits, commit_batch, dead_letter_batch, publish_outcomes
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +113,14 @@ def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
     rt = runtime()
     started = time.perf_counter()
     try:
-        result = rt.run(commit_batch(rt.engine, parsed))
+        result = rt.run(
+            commit_batch(
+                rt.engine,
+                parsed,
+                limits=Limits.of(rt.settings),
+                failed_before=int(self.request.retries) > 0,
+            )
+        )
     except Exception as exc:
         if classify(exc) is Failure.TRANSIENT:
             if not retries_exhausted(self):
@@ -128,3 +143,49 @@ def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
         failed=result.failed_events,
         ms=round((time.perf_counter() - started) * 1000, 1),
     )
+    for tenant_id, visitor_id in result.backfills:
+        _send_backfill(str(tenant_id), visitor_id)
+    _purge_if_due(rt)
+
+
+@leadstream_task(name=BACKFILL_VISITOR_TASK)
+def backfill_visitor(self: Task, tenant_id: str, visitor_id: str) -> None:
+    """Attach a bounded part of a visitor's earlier anonymous events; send itself again until
+    none is left."""
+    rt = runtime()
+    more = rt.run(
+        background.backfill_visitor(
+            rt.engine, UUID(tenant_id), visitor_id, rt.settings.backfill_rows_per_transaction
+        )
+    )
+    log.info("backfill.run", tenant_id=tenant_id, more=more)
+    if more:
+        _send_backfill(tenant_id, visitor_id)
+
+
+def _send_backfill(tenant_id: str, visitor_id: str) -> None:
+    # After commit, and never failing the events' task: if the broker refuses it, the next
+    # event of the visitor (which backfills again) sends it.
+    try:
+        backfill_visitor.apply_async(args=[tenant_id, visitor_id], queue=ACTIVITY_QUEUE)
+    except Exception as exc:
+        log.error("backfill.not_sent", tenant_id=tenant_id, error=repr(exc))
+
+
+_next_purge = [0.0]  # this process's clock: monotonic time of its next purge
+
+
+def _purge_if_due(rt: Runtime) -> None:
+    """Purge expired side-table rows every `purge_interval_seconds`, after a batch's outcomes
+    are published (so no caller waits for it); a failure waits for the next turn."""
+    now = time.monotonic()
+    if now < _next_purge[0]:
+        return
+    _next_purge[0] = now + rt.settings.purge_interval_seconds
+    try:
+        deleted = rt.run(background.purge_expired(rt.engine, rt.settings, datetime.now(UTC)))
+    except Exception as exc:
+        log.warning("purge.failed", error=repr(exc))
+        return
+    if any(deleted.values()):
+        log.info("purge.done", **deleted)

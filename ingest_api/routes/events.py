@@ -96,7 +96,9 @@ async def read_event(
     state: StateDep,
     principal: ReaderDep,
 ) -> Response:
-    """The outcome while Redis keeps it, then the database; 404 for unknown or foreign ids."""
+    """202 while queued, then the outcome; 404 for unknown or foreign ids."""
+    # Redis holds the "queued" marker (or a waiting caller's short copy of the outcome); the
+    # worker deletes the marker only after commit, so a read sees the marker or the row.
     try:
         raw = await state.redis.get(event_key(event_id))
     except (RedisError, OSError):

@@ -43,7 +43,8 @@ async def read_person(person_id: UUID, state: StateDep, principal: ReaderDep) ->
 @router.get(
     "/people",
     summary="Find a person by e-mail or phone",
-    description="Exactly one of `email` and `phone`, normalised as ingestion does.",
+    description="Exactly one of `email` and `phone`, normalised as ingestion does. Only phone "
+    "numbers valid for the tenant's region identify a person: an unverified one is not found.",
     responses={200: {"model": PersonOut}, **READ_PROBLEMS},
 )
 async def find_person(

@@ -1,9 +1,18 @@
-"""The outcome contract between the worker (writer) and the API (reader), kept in Redis.
+"""The outcome contract between the worker (writer) and the API (reader).
 
-`ls:event:<id>` holds `{"tenantId", "status": "queued"}` from the moment the API queues an
-event, then the worker's outcome `{"tenantId", "status": "processed"|"failed", "httpStatus",
-"body"}`. Outcomes of events whose caller waits (`Prefer: wait`) are also published on
-OUTCOME_CHANNEL; every outcome is appended to OUTCOME_STREAM for downstream consumers.
+Redis holds in-flight state, not history. `ls:event:<id>` holds `{"tenantId", "status":
+"queued"}` from the moment the API queues an event until the worker has committed it; then
+the worker deletes it, and the outcome is read from PostgreSQL (`shared.db.reads`). Only two
+kinds of outcome are copied into that key, `{"tenantId", "status", "httpStatus", "body"}`
+with a short TTL: one a caller waits for (`Prefer: wait`, so the waiting process need not ask
+the database), and a keyed duplicate answered by another event's outcome (it has no row of
+its own).
+
+Each outcome is announced as a notice of ids and statuses, never the outcome itself:
+`{"id", "tenantId", "status", "httpStatus"}` (built by worker/publish_outcomes.lua). Every one
+goes to OUTCOME_STREAM for downstream consumers; the channel of `outcome_channel` hears those a
+caller may wait for (sent with `Prefer: wait`, or under an Idempotency-Key, whose replays may
+wait for it).
 """
 
 from typing import Any, Literal
@@ -12,11 +21,19 @@ from uuid import UUID
 import orjson
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+from redis.connection import parse_url
 
-OUTCOME_CHANNEL = "ls:outcomes"
 OUTCOME_STREAM = "ls:outcomes:stream"
 
 Status = Literal["queued", "processed", "failed"]
+
+
+def outcome_channel(redis_url: str, deployment: str) -> str:
+    """The pub/sub channel of outcome notices. Channels are global to a Redis server, not per
+    database: the deployment and the database number keep two installations sharing a server
+    (production, staging, a test suite) from hearing each other's outcomes."""
+    db = parse_url(redis_url).get("db", 0)
+    return f"ls:outcomes:{deployment}:{db}"
 
 
 def event_key(event_id: UUID | str) -> str:

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 PROCESS_EVENTS_TASK = "leadstream.process_events"
+# Sent by the worker itself, on ACTIVITY_QUEUE: attach the rest of a visitor's earlier anonymous
+# events to its person, a bounded number per run. Its arguments: tenant id, visitor id.
+BACKFILL_VISITOR_TASK = "leadstream.backfill_visitor"
 LEADS_QUEUE = "leads"
 ACTIVITY_QUEUE = "activity"
 # A person is waiting for an agent: these go to `leads`, which workers drain before `activity`.
@@ -32,7 +35,8 @@ class Envelope(BaseModel):
     tenant_id: UUID
     received_at: datetime
     idempotency_key: str | None = None
-    # A caller is waiting (`Prefer: wait`): the worker publishes the outcome on the channel.
+    # A caller is waiting (`Prefer: wait`): the worker keeps a short copy of the outcome in
+    # Redis for it, and announces it on the channel.
     notify: bool = False
     payload: dict[str, Any]
 

@@ -18,9 +18,14 @@ class Accepted(ResponseModel):
 
 
 class ContactPoint(ResponseModel):
+    """`isVerified` is `false` on a phone number that is not valid for the tenant's region
+    (nor with its own country code): kept on the person, listed after the valid phones, never
+    primary and never used to match an event to a person. It is absent everywhere else."""
+
     value: str
     type: str | None = None
     is_primary: bool
+    is_verified: bool | None = None
 
 
 class PersonOut(ResponseModel):

@@ -49,6 +49,11 @@ def idempotency_lock(tenant_id: UUID, key: str) -> str:
     return f"{tenant_id}|k|{key}"
 
 
+def purge_lock() -> str:
+    """Held by the one worker purging expired rows; the others skip their turn."""
+    return "purge"
+
+
 def event_lock(event_id: UUID) -> str:
     """Held by whoever decides an event's fate: the worker, or a dead-letter replay."""
     return f"ev|{event_id}"

@@ -6,6 +6,7 @@ routes (timeline, people, companies) use the same builders, so a record looks th
 everywhere.
 """
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,6 +108,10 @@ _PERSON = _Select(
         ),
         "emails": _contacts_of("person_emails"),
         "phones": _contacts_of("person_phones"),
+        "unverified_phones": (
+            "(SELECT array_agg(ROW(x.value, x.type) ORDER BY x.created_at, x.value)"
+            " FROM person_unverified_phones x WHERE x.person_id = p.id)"
+        ),
     }
 )
 _COMPANY = _Select(
@@ -139,15 +144,29 @@ WHERE event_id = ANY($1::uuid[]) AND ($2::uuid IS NULL OR tenant_id = $2::uuid)
 """
 
 
-# A person's events, newest first, after a keyset position (occurred_at, id) if one is given.
-_TIMELINE = f"""
-SELECT {_EVENT.sql} FROM events e
-WHERE e.tenant_id = $1 AND e.person_id = $2
-  AND ($3::text IS NULL OR e.event_type = $3) AND ($4::timestamptz IS NULL OR e.occurred_at >= $4)
-  AND ($5::timestamptz IS NULL OR (e.occurred_at, e.id) < ($5, $6::uuid))
-ORDER BY e.occurred_at DESC, e.id DESC
-LIMIT $7
-"""  # noqa: S608 (names from this module; values are parameters)
+@functools.cache
+def timeline_sql(*, by_type: bool, since: bool, before: bool) -> str:
+    """A person's events, newest first: only the filters given, so even a generic plan of the
+    prepared statement has each of them as an index condition (`$3 IS NULL OR ...` would be a
+    filter over all the person's events). Parameters: tenant, person, then the filters given
+    (type, since, the keyset position (occurred_at, id)), then the limit."""
+    conditions = ["e.tenant_id = $1", "e.person_id = $2"]
+    n = 2
+    if by_type:
+        n += 1
+        conditions.append(f"e.event_type = ${n}")
+    if since:
+        n += 1
+        conditions.append(f"e.occurred_at >= ${n}")
+    if before:
+        conditions.append(f"(e.occurred_at, e.id) < (${n + 1}, ${n + 2}::uuid)")
+        n += 2
+    where = " AND ".join(conditions)
+    return (
+        f"SELECT {_EVENT.sql} FROM events e WHERE {where}"  # noqa: S608 (names from this module)
+        f" ORDER BY e.occurred_at DESC, e.id DESC LIMIT ${n + 1}"
+    )
+
 
 _PERSON_BY_ID_OR_IDENTITY = f"""
 SELECT {_PERSON.sql} FROM people p
@@ -209,6 +228,18 @@ def _contact_points(points: Sequence[Sequence[Any]] | None) -> list[dict[str, An
     return result
 
 
+def _unverified_points(points: Sequence[Sequence[Any]] | None) -> list[dict[str, Any]]:
+    """Numbers not valid for the tenant's region: shown after the others, never primary."""
+    result = []
+    for value, kind in points or ():
+        point: dict[str, Any] = {"value": value, "isPrimary": False}
+        if kind is not None:
+            point["type"] = kind
+        point["isVerified"] = False
+        result.append(point)
+    return result
+
+
 def _person_body(row: Sequence[Any], get: Getter = _PERSON_ALONE) -> dict[str, Any]:
     (
         person_id,
@@ -222,6 +253,7 @@ def _person_body(row: Sequence[Any], get: Getter = _PERSON_ALONE) -> dict[str, A
         updated_at,
         emails,
         phones,
+        unverified_phones,
     ) = get(row)
     name = " ".join(part for part in (first_name, last_name) if part) or None
     body: dict[str, Any] = {"id": str(person_id)}
@@ -229,7 +261,7 @@ def _person_body(row: Sequence[Any], get: Getter = _PERSON_ALONE) -> dict[str, A
         if value is not None:
             body[key] = value
     body["emails"] = _contact_points(emails)
-    body["phones"] = _contact_points(phones)
+    body["phones"] = _contact_points(phones) + _unverified_points(unverified_phones)
     if tags:
         body["tags"] = list(tags)
     for key, value in (("source", source), ("stage", stage)):
@@ -335,11 +367,10 @@ async def load_timeline(
     limit: int,
 ) -> list[tuple[dict[str, Any], tuple[datetime, UUID]]]:
     """Up to `limit` of a person's events, newest first, each with its keyset position."""
-    after_time, after_id = before or (None, None)
+    sql = timeline_sql(by_type=event_type is not None, since=since is not None, before=bool(before))
+    params = [tenant_id, person_id, event_type, since, *(before or (None, None)), limit]
     rows: Sequence[Sequence[Any]] = (
-        await conn.exec_driver_sql(
-            _TIMELINE, (tenant_id, person_id, event_type, since, after_time, after_id, limit)
-        )
+        await conn.exec_driver_sql(sql, tuple(p for p in params if p is not None))
     ).all()
     return [(_event_body(row), _position(row)) for row in rows]
 

@@ -112,6 +112,21 @@ class PersonPhone(_ContactPoint, Base):
     )
 
 
+class PersonUnverifiedPhone(Base):
+    """A phone number that is not valid for the tenant's region: kept as a contact point of
+    its person, but never an identity (shared by many, e.g. `000-000-0000`), so never unique."""
+
+    __tablename__ = "person_unverified_phones"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("people.id", ondelete="CASCADE"), primary_key=True
+    )
+    value: Mapped[str] = mapped_column(String(320), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    type: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 class Visitor(Base):
     """An anonymous browser id, once it has been tied to a person."""
 
@@ -128,11 +143,34 @@ class Visitor(Base):
 class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
-        Index("ix_events_timeline", "tenant_id", "person_id", "occurred_at"),
+        # A person's timeline, newest first; it also serves the person foreign key's ON DELETE
+        # SET NULL. Anonymous rows (most page views) stay out of it.
+        Index(
+            "ix_events_timeline",
+            "person_id",
+            "occurred_at",
+            "id",
+            postgresql_where=text("person_id IS NOT NULL"),
+        ),
+        # The timeline filtered by `type=`.
+        Index(
+            "ix_events_timeline_type",
+            "person_id",
+            "event_type",
+            "occurred_at",
+            "id",
+            postgresql_where=text("person_id IS NOT NULL"),
+        ),
+        # The company foreign key's ON DELETE SET NULL.
+        Index(
+            "ix_events_company_id", "company_id", postgresql_where=text("company_id IS NOT NULL")
+        ),
+        # A visitor's anonymous events, newest first, for the backfill.
         Index(
             "ix_events_anonymous_visitor",
             "tenant_id",
             "visitor_id",
+            "occurred_at",
             postgresql_where=text("person_id IS NULL"),
         ),
     )
@@ -170,7 +208,8 @@ class Event(Base):
 
 
 class IdempotencyKey(Base):
-    """The database's last line of defence behind the API's Redis check (24 h there)."""
+    """The database's last line of defence behind the API's Redis check; purged after the
+    same TTL."""
 
     __tablename__ = "idempotency_keys"
 
@@ -179,7 +218,7 @@ class IdempotencyKey(Base):
     )
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     event_id: Mapped[uuid.UUID] = mapped_column(UUID)
-    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
 
 
 class DeadLetter(Base):
@@ -193,7 +232,7 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(String(64), index=True)
     problem: Mapped[dict[str, Any]] = mapped_column(JSONB)
     envelope: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    failed_at: Mapped[datetime] = mapped_column(Timestamp)
+    failed_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
     replayed_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
@@ -225,6 +264,7 @@ companies_t = cast(Table, Company.__table__)
 people_t = cast(Table, Person.__table__)
 person_emails_t = cast(Table, PersonEmail.__table__)
 person_phones_t = cast(Table, PersonPhone.__table__)
+person_unverified_phones_t = cast(Table, PersonUnverifiedPhone.__table__)
 visitors_t = cast(Table, Visitor.__table__)
 events_t = cast(Table, Event.__table__)
 idempotency_keys_t = cast(Table, IdempotencyKey.__table__)

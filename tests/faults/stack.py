@@ -183,7 +183,7 @@ class FaultStack:
         )
 
     async def outcomes(self, work: Workload, *, timeout: float) -> dict[uuid.UUID, StoredOutcome]:
-        return await outcomes_of(self.broker, work, timeout=timeout)
+        return await outcomes_of(self.broker, self.engine, work, timeout=timeout)
 
     async def stored_exactly_once(self, work: Workload) -> dict[str, int]:
         return await assert_stored_exactly_once(self.engine, work)

@@ -180,10 +180,10 @@ async def people_split(conn: AsyncConnection, tenant_id: uuid.UUID) -> list[Any]
 
 
 async def outcomes_of(
-    broker: redis.Redis, workload: Workload, timeout: float
+    broker: redis.Redis, engine: AsyncEngine, workload: Workload, timeout: float
 ) -> dict[uuid.UUID, StoredOutcome]:
     """Wait for every event's outcome and check that each one was processed (not failed)."""
-    outcomes = await wait_outcomes(broker, workload.ids, timeout=timeout)
+    outcomes = await wait_outcomes(broker, engine, workload.ids, timeout=timeout)
     failed = {i: o for i, o in outcomes.items() if o.status != "processed"}
     assert not failed, f"{len(failed)} events failed, e.g. {next(iter(failed.values()))}"
     return outcomes
@@ -200,9 +200,10 @@ def held_by_workers(broker: redis.Redis) -> set[uuid.UUID]:
 
 
 def pending(broker: redis.Redis, ids: list[uuid.UUID]) -> int:
-    """How many of these events still have no outcome (their marker says queued)."""
+    """How many of these events still have no outcome (their marker says queued; the worker
+    deletes it once the event is committed)."""
     raw = broker.mget([f"ls:event:{i}" for i in ids])
-    return sum(1 for r in raw if r is None or b'"queued"' in r)
+    return sum(1 for r in raw if r is not None and StoredOutcome.loads(r).status == "queued")
 
 
 # Waiting -----------------------------------------------------------------------------------------

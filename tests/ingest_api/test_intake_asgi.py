@@ -18,21 +18,16 @@ import httpx
 import jwt
 import orjson
 import pytest
-import redis.asyncio as aioredis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_api.app import create_app
-from ingest_api.enqueuer import Enqueuer
+from ingest_api.asgi import Message
 from ingest_api.http_body import wait_seconds
 from ingest_api.intake import Intake
-from ingest_api.rate_limit import RateLimiter
-from ingest_api.sources.site_keys import SiteKeys
 from ingest_api.state import IngestState
-from ingest_api.waiter import OutcomeWaiter
 from shared.auth import READ_SCOPE, WRITE_SCOPE, mint_token
 from shared.broker.writers import QueueUnavailableError
-from shared.db.engine import create_engine
 from shared.settings import Settings
+from tests.support.intake import in_process_intake
 from tests.support.writers import StandInWriter
 
 EVENTS = "/api/partner/events"
@@ -76,24 +71,8 @@ def writer() -> StandInWriter:
 
 @pytest.fixture
 async def intake(writer: StandInWriter) -> AsyncIterator[Intake]:
-    created = create_app(SETTINGS)
-    client = aioredis.Redis.from_url(SETTINGS.redis_url)
-    engine: AsyncEngine = create_engine(SETTINGS)
-    created.app.state.ingest = IngestState(
-        settings=SETTINGS,
-        token_verifier=created.verifier,
-        migration_head=None,
-        redis=client,
-        enqueuer=Enqueuer(writer, timeout=0.5),
-        waiter=OutcomeWaiter(client),
-        engine=engine,
-        # Off: what the limiter decides needs Redis (tests/ingest_api/test_rate_limit.py).
-        limiter=RateLimiter(client, rate=0, burst=1, timeout=0.5),
-        sites=SiteKeys(engine, ttl=30, max_entries=10, timeout=0.5),
-    )
-    yield created
-    await client.aclose()
-    await engine.dispose()
+    async with in_process_intake(SETTINGS, writer) as created:
+        yield created
 
 
 @pytest.fixture
@@ -251,6 +230,44 @@ async def test_prefer_wait_is_applied_within_the_limit(
     assert "preference-applied" not in plain.headers and writer.written[1].notify is False
 
 
+async def test_a_wait_ends_as_soon_as_its_client_goes_away(
+    intake: Intake, writer: StandInWriter
+) -> None:
+    """uvicorn does not cancel a request whose client left: the intake watches for it, so a
+    wait holds nothing once nobody can hear its answer."""
+    state: IngestState = intake.app.state.ingest
+    state.settings = SETTINGS.model_copy(update={"max_wait_seconds": 30})
+    body = orjson.dumps(PAGE_VIEW)
+    gone = asyncio.Event()
+    sent: list[Any] = []
+
+    async def receive() -> Message:
+        if not sent:
+            sent.append("body read")
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"authorization", f"Bearer {_token()}".encode()),
+        (b"content-type", b"application/json"),
+        (b"prefer", b"wait=30"),
+    ]
+    scope = {"type": "http", "method": "POST", "path": EVENTS, "headers": headers}
+    request = asyncio.create_task(intake(scope, receive, send))
+    async with asyncio.timeout(5):
+        while state.waiter.waiting() == 0:  # noqa: ASYNC110 - the intake signals nothing
+            await asyncio.sleep(0.01)
+    assert not request.done() and [e.notify for e in writer.written] == [True]
+    gone.set()
+    await asyncio.wait_for(request, 5)  # not the 30 s the client asked to wait
+    assert state.waiter.waiting() == 0
+    assert sent == ["body read"], "nothing is sent to a client that left"
+
+
 async def test_batch_lists_each_rejection_and_queues_the_rest(
     http: httpx.AsyncClient, writer: StandInWriter
 ) -> None:
@@ -387,7 +404,7 @@ async def _call(
     """Drive the intake as a server would, with a receive() the test controls."""
     sent: list[dict[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {
@@ -465,3 +482,32 @@ async def test_503_details_name_no_internals(
     writer.fail = QueueUnavailableError("the queue is unavailable: ConnectionError('10.0.0.7')")
     problem = _problem(await http.post(EVENTS, json=PAGE_VIEW), 503, "queue-unavailable")
     assert "10.0.0.7" not in problem["detail"] and "Error" not in problem["detail"]
+
+
+async def test_gzip_is_decoded_whole_or_refused_on_both_routes(
+    http: httpx.AsyncClient, writer: StandInWriter
+) -> None:
+    gzipped = {**JSON, "Content-Encoding": "gzip"}
+    single = gzip.compress(orjson.dumps(PAGE_VIEW))
+    assert (await http.post(EVENTS, content=single, headers=gzipped)).status_code == 202
+    batch = gzip.compress(orjson.dumps({"events": [PAGE_VIEW]}))
+    assert (await http.post(BATCH, content=batch, headers=gzipped)).status_code == 202
+    assert len(writer.written) == 2
+
+    for path, body in ((EVENTS, single), (BATCH, batch)):
+        # Whatever follows the first member would be silently dropped: refused instead.
+        for tail in (b"garbage", gzip.compress(b'{"type": "page_view"}')):
+            refused = _problem(
+                await http.post(path, content=body + tail, headers=gzipped), 400, "malformed-body"
+            )
+            assert "follow" in refused["detail"]
+        truncated = _problem(
+            await http.post(path, content=body[:-6], headers=gzipped), 400, "malformed-body"
+        )
+        assert "truncated" in truncated["detail"]
+        brotli = {**gzipped, "Content-Encoding": "br"}
+        _problem(await http.post(path, content=body, headers=brotli), 415, "unsupported-media-type")
+    # The single event's limit holds for what the body decodes to, too.
+    big = gzip.compress(orjson.dumps({**PAGE_VIEW, "metadata": {"blob": "x" * 40_000}}))
+    _problem(await http.post(EVENTS, content=big, headers=gzipped), 413, "payload-too-large")
+    assert len(writer.written) == 2

@@ -3,10 +3,11 @@
 import string
 
 import phonenumbers
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.identity import company_key, normalize_email, normalize_phone
+from shared.identity import company_key, is_valid_phone, normalize_email, normalize_phone
 
 local = st.text(string.ascii_letters + string.digits + "._+-", min_size=1, max_size=20).filter(
     lambda s: s[0] not in "." and s[-1] != "." and ".." not in s
@@ -98,3 +99,19 @@ def test_company_names_match_regardless_of_case_and_spacing(name: str, flips: li
 def test_different_company_names_never_match(a: str, b: str) -> None:
     if " ".join(a.lower().split()) != " ".join(b.lower().split()):
         assert company_key(a) != company_key(b)
+
+
+@pytest.mark.parametrize(
+    ("raw", "valid"),
+    [
+        ("(503) 555-0199", True),
+        ("+44 20 7946 0958", True),  # valid with its own country code, whatever the region
+        ("000-000-0000", False),
+        ("1234567890", False),
+        ("111 111 1111", False),
+        ("+1-555-1234", False),  # the seed's number: accepted, but no identity
+        ("not a number", False),
+    ],
+)
+def test_only_numbers_valid_for_the_region_are_valid_phones(raw: str, valid: bool) -> None:
+    assert is_valid_phone(raw, "US") is valid

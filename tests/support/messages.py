@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker.wire import celery_task_message
 from shared.contract.events import EventIn
-from shared.contract.outcomes import StoredOutcome, event_key, queued_marker
+from shared.contract.outcomes import OUTCOME_STREAM, StoredOutcome, event_key, queued_marker
 from shared.contract.queues import PROCESS_EVENTS_TASK, Envelope, queue_for
+from shared.db.reads import load_outcomes
 from shared.db.tables import Company, Event, Person, PersonEmail
 
 
@@ -27,6 +28,25 @@ def envelope(tenant_id: uuid.UUID, payload: dict[str, Any], **extra: Any) -> Env
         payload=event.model_dump(mode="json", by_alias=True, exclude_none=True),
         **extra,
     )
+
+
+def contact_rich(tenant_id: uuid.UUID, n: int, **payload: Any) -> list[Envelope]:
+    """Events with five e-mails and five valid phones each: 12 advisory locks apiece."""
+    return [
+        envelope(
+            tenant_id,
+            {
+                "type": "inquiry",
+                "visitorId": f"v-{i}",
+                "person": {
+                    "emails": [f"p{i}-{j}@example.com" for j in range(5)],
+                    "phones": [f"(503) 555-{100 * i + j:04d}" for j in range(5)],
+                },
+                **payload,
+            },
+        )
+        for i in range(n)
+    ]
 
 
 def message(envelopes: list[Envelope]) -> bytes:
@@ -52,20 +72,42 @@ def push(
 
 
 async def wait_outcomes(
-    client: redis.Redis, ids: list[uuid.UUID], timeout: float = 60
+    broker: redis.Redis, engine: AsyncEngine, ids: list[uuid.UUID], timeout: float = 60
 ) -> dict[uuid.UUID, StoredOutcome]:
-    """Wait until the worker has published an outcome for every id."""
+    """Wait until every id has its outcome as `GET` reads it: no "queued" marker left in
+    Redis, and the event or its dead letter in the database."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        raw = client.mget([event_key(i) for i in ids])
-        outcomes = {
-            i: StoredOutcome.loads(r) for i, r in zip(ids, raw, strict=True) if r is not None
-        }
-        done = {i: o for i, o in outcomes.items() if o.status != "queued"}
+        markers = broker.mget([event_key(i) for i in ids])
+        settled = [
+            i
+            for i, raw in zip(ids, markers, strict=True)
+            if raw is None or StoredOutcome.loads(raw).status != "queued"
+        ]
+        async with engine.connect() as conn:
+            done = await load_outcomes(conn, settled)
         if len(done) == len(ids):
             return done
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{len(ids) - len(done)} of {len(ids)} events have no outcome")
+        await asyncio.sleep(0.05)
+
+
+async def wait_announced(
+    broker: redis.Redis, event_id: uuid.UUID, times: int, timeout: float = 30
+) -> None:
+    """Wait until the outcome stream has announced this event `times` times (once per
+    processing of it, redeliveries included)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (
+        sum(
+            fields[b"id"] == str(event_id).encode()
+            for _, fields in broker.xrevrange(OUTCOME_STREAM, count=2000)
+        )
+        < times
+    ):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{event_id} was not announced {times} times")
         await asyncio.sleep(0.05)
 
 

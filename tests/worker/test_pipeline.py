@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.contract.outcomes import event_key
 from shared.db.tables import Company, DeadLetter, Event, Person, PersonEmail
 from shared.settings import Settings
-from tests.support.messages import envelope, message, push, totals, wait_outcomes
+from tests.support.messages import (
+    envelope,
+    message,
+    push,
+    totals,
+    wait_announced,
+    wait_outcomes,
+)
 from tests.support.processes import BIN, REPO, WorkerProcess, start_worker, stop
 from tests.support.redis_dbs import PIPELINE_OWN_WORKER, redis_url_with_db
 from tests.support.tenants import Tenant
@@ -43,7 +50,7 @@ async def test_fifty_events_for_one_new_email_make_one_person(
     envelopes = [envelope(tenant.id, payload) for _ in range(50)]
     # One message each, pushed at once: both worker processes take them concurrently.
     push(broker, *[("activity", message([e])) for e in envelopes], markers=envelopes)
-    outcomes = await wait_outcomes(broker, [e.id for e in envelopes])
+    outcomes = await wait_outcomes(broker, engine, [e.id for e in envelopes])
 
     assert {o.status for o in outcomes.values()} == {"processed"}
     assert sum(o.body["wasPersonCreated"] for o in outcomes.values()) == 1
@@ -79,7 +86,7 @@ async def test_fifty_events_for_one_new_company_make_one_company(
         for i in range(50)
     ]
     push(broker, *[("leads", message([e])) for e in envelopes], markers=envelopes)
-    outcomes = await wait_outcomes(broker, [e.id for e in envelopes])
+    outcomes = await wait_outcomes(broker, engine, [e.id for e in envelopes])
 
     assert sum(o.body["wasCompanyCreated"] for o in outcomes.values()) == 1
     assert await totals(engine, tenant.id) == {
@@ -112,11 +119,13 @@ async def test_a_message_delivered_twice_stores_one_event(
     e = envelope(tenant.id, payload)
     body = message([e])
     push(broker, ("leads", body), ("leads", body), markers=[e])  # consumed at once by two processes
-    first = (await wait_outcomes(broker, [e.id]))[e.id]
+    first = (await wait_outcomes(broker, engine, [e.id]))[e.id]
     assert first.status == "processed" and first.http_status == 201
-    broker.delete(event_key(e.id))
-    push(broker, ("leads", body))  # and once more, later: it re-publishes the stored outcome
-    again = (await wait_outcomes(broker, [e.id]))[e.id]
+    await wait_announced(broker, e.id, 2)
+    push(broker, ("leads", body))  # and once more, later: it re-announces the stored outcome
+    await wait_announced(broker, e.id, 3)
+    assert broker.exists(event_key(e.id)) == 0  # no marker outlives the commit
+    again = (await wait_outcomes(broker, engine, [e.id]))[e.id]
     assert again == first
     assert await totals(engine, tenant.id) == {
         "events": 1,
@@ -167,7 +176,7 @@ async def test_a_poison_event_fails_alone_and_its_batch_commits(
     )
     batch = [*good[:2], poison, *good[2:]]
     push(broker, ("activity", message(batch)), markers=batch)
-    outcomes = await wait_outcomes(broker, [e.id for e in batch])
+    outcomes = await wait_outcomes(broker, engine, [e.id for e in batch])
 
     assert outcomes[poison.id].status == "failed"
     assert outcomes[poison.id].http_status == 422
@@ -190,11 +199,12 @@ async def test_person_id_of_another_tenant_is_not_found(
         other.id, {"type": "form_submission", "person": {"emails": ["b@example.com"]}}
     )
     push(broker, ("leads", message([theirs])), markers=[theirs])
-    their_person = (await wait_outcomes(broker, [theirs.id]))[theirs.id].body["person"]["id"]
+    their_outcome = (await wait_outcomes(broker, engine, [theirs.id]))[theirs.id]
+    their_person = their_outcome.body["person"]["id"]
 
     ours = envelope(tenant.id, {"type": "page_view", "personId": their_person})
     push(broker, ("activity", message([ours])), markers=[ours])
-    outcome = (await wait_outcomes(broker, [ours.id]))[ours.id]
+    outcome = (await wait_outcomes(broker, engine, [ours.id]))[ours.id]
     assert outcome.status == "failed" and outcome.http_status == 404
     assert outcome.body["title"] == "Person not found"
     assert (await totals(engine, tenant.id))["events"] == 0
@@ -224,7 +234,7 @@ async def test_dead_letters_are_listed_and_replayed_once_the_cause_is_fixed(
         {"type": "inquiry", "person": {"emails": ["dlq@example.com"]}, "message": refusing_trigger},
     )
     push(broker, ("leads", message([e])), markers=[e])
-    assert (await wait_outcomes(broker, [e.id]))[e.id].status == "failed"
+    assert (await wait_outcomes(broker, engine, [e.id]))[e.id].status == "failed"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -244,7 +254,7 @@ async def test_dead_letters_are_listed_and_replayed_once_the_cause_is_fixed(
         await conn.execute(text(f"DROP TRIGGER {refusing_trigger.replace('-', '_')} ON events"))
     assert cli("replay", str(e.id)).stdout.split() == [str(e.id)]
 
-    outcome = (await wait_outcomes(broker, [e.id]))[e.id]
+    outcome = (await wait_outcomes(broker, engine, [e.id]))[e.id]
     assert outcome.status == "processed" and outcome.http_status == 201
     assert await totals(engine, tenant.id) == {
         "events": 1,
@@ -290,7 +300,7 @@ async def test_a_transient_failure_that_persists_ends_as_a_dead_letter(
             {"type": "inquiry", "person": {"emails": ["stuck@example.com"]}, "message": marker},
         )
         push(broker, ("leads", message([e])), markers=[e])
-        outcome = (await wait_outcomes(broker, [e.id], timeout=60))[e.id]
+        outcome = (await wait_outcomes(broker, engine, [e.id], timeout=60))[e.id]
     finally:
         stop(worker.process)
         async with engine.begin() as conn:

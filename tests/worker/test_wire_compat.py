@@ -88,7 +88,7 @@ async def test_a_message_of_the_previous_api_is_processed(
     event_id = uuid.uuid4()
     # The API's "queued" marker is left out: the worker's outcome does not depend on it.
     push(broker, ("leads", golden_message(event_id, tenant.id)))
-    outcome = (await wait_outcomes(broker, [event_id]))[event_id]
+    outcome = (await wait_outcomes(broker, engine, [event_id]))[event_id]
 
     assert outcome.status == "processed" and outcome.http_status == 201
     assert outcome.body["person"]["emails"] == [{"value": "golden@example.com", "isPrimary": True}]

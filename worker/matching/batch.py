@@ -6,7 +6,7 @@ the batch without it.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -30,6 +30,8 @@ class BatchResult:
     created_events: int
     replayed_events: int
     failed_events: int
+    # Visitors whose earlier anonymous events were not all attached: the follow-up task's work.
+    backfills: list[tuple[UUID, str]] = field(default_factory=list)
 
 
 async def process_batch(
@@ -38,20 +40,23 @@ async def process_batch(
     *,
     now: datetime,
     poisoned: dict[UUID, EventFailedError] | None = None,
+    backfill_rows: int,
 ) -> BatchResult:
     """Match, write and return the outcome of every envelope, inside the caller's transaction.
 
     `poisoned` names events that failed this batch before; they are dead-lettered, not retried.
+    At most `backfill_rows` earlier anonymous events of visitors it identifies are attached.
     """
     regions = await tenant_regions(conn, {e.tenant_id for e in envelopes})
     events, failures = _parse_all(envelopes, regions, poisoned or {})
     await lock_all(conn, lock_names(events) | {event_lock(e.id) for e, _ in failures})
     plan = Plan(await load(conn, events, [e.id for e in envelopes]), now)
     plan.decide(events, failures)
-    await write(conn, plan)
+    backfill_left = await write(conn, plan, backfill_rows=backfill_rows)
     stored = await load_outcomes(conn, set(plan.answers.values()))
     outcomes = {eid: stored[src] for eid, src in plan.answers.items() if src in stored}
-    return BatchResult(outcomes, plan.created, plan.replayed, len(plan.dead_rows))
+    backfills = list(plan.visitor_rows) if backfill_left else []
+    return BatchResult(outcomes, plan.created, plan.replayed, len(plan.dead_rows), backfills)
 
 
 def _parse_all(

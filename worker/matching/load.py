@@ -17,6 +17,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.contract.queues import Envelope
 from shared.db.locks import (
     company_id_lock,
     company_key_lock,
@@ -93,6 +94,26 @@ def lock_names(events: Iterable[ParsedEvent]) -> set[str]:
             names.add(idempotency_lock(t, item.envelope.idempotency_key))
         names.add(event_lock(item.envelope.id))
     return names
+
+
+def lock_estimate(envelope: Envelope) -> int:
+    """An upper bound of the locks `lock_names` takes for this event, read from its raw
+    payload (before parsing, which needs the tenant's region from the database). Runs for
+    every event of every message: plain lookups only."""
+    payload = envelope.payload
+    locks = (
+        1  # the event
+        + (payload.get("personId") is not None)
+        + (payload.get("visitorId") is not None)
+        + (envelope.idempotency_key is not None)
+    )
+    person = payload.get("person")
+    if person:
+        locks += len(person.get("emails") or ()) + len(person.get("phones") or ())
+    company = payload.get("company")
+    if company:
+        locks += (company.get("id") is not None) + (company.get("name") is not None)
+    return locks
 
 
 # Reads that lock nothing, in one round trip: decided events ("d"), then the owners of

@@ -1,14 +1,14 @@
 """An envelope's payload, validated and with its identities normalised for its tenant."""
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from pydantic import ValidationError
 
 from shared.contract.events import TRUSTED, EmailIn, EventIn, PhoneIn
 from shared.contract.queues import Envelope
-from shared.identity import company_key, normalize_phone
+from shared.identity import company_key, is_valid_phone, normalize_phone
 from worker.errors import EventFailedError
 
 
@@ -26,8 +26,10 @@ class ParsedEvent:
     envelope: Envelope
     event: EventIn
     emails: list[Contact]
-    phones: list[Contact]
+    phones: list[Contact]  # valid numbers: identity keys
     company_key: str | None
+    # Numbers not valid for the tenant's region: kept on the person, never matched.
+    unverified_phones: list[Contact] = field(default_factory=list)
 
     @property
     def tenant_id(self) -> UUID:
@@ -59,6 +61,17 @@ def parse(envelope: Envelope, region: str) -> ParsedEvent:
         ) from None
     person = event.person
     emails = _contacts(person.emails, lambda v: v) if person else []
-    phones = _contacts(person.phones, lambda v: normalize_phone(v, region)) if person else []
+    phones: list[Contact] = []
+    unverified: list[Contact] = []
+    if person:
+        checked = [(p, is_valid_phone(p.value, region)) for p in person.phones]
+        phones = _contacts([p for p, ok in checked if ok], lambda v: normalize_phone(v, region))
+        # Never primary: the primary phone is the identity a person is known by.
+        unverified = [
+            Contact(c.value, False, c.type)
+            for c in _contacts(
+                [p for p, ok in checked if not ok], lambda v: normalize_phone(v, region)
+            )
+        ]
     key = company_key(event.company.name) if event.company and event.company.name else None
-    return ParsedEvent(envelope, event, emails, phones, key)
+    return ParsedEvent(envelope, event, emails, phones, key, unverified)

@@ -99,6 +99,9 @@ class Plan:
         # Rows to write.
         self.new_emails: list[dict[str, Any]] = []
         self.new_phones: list[dict[str, Any]] = []
+        # Unverified phones are rows of their person only (never owned, never matched).
+        self.new_unverified_phones: list[dict[str, Any]] = []
+        self._unverified_planned: set[tuple[UUID, str]] = set()
         self.visitor_rows: dict[tuple[UUID, str], dict[str, Any]] = {}
         self.event_rows: list[dict[str, Any]] = []
         self.idem_rows: list[dict[str, Any]] = []
@@ -206,7 +209,11 @@ class Plan:
         return person, created, sorted(others, key=str)
 
     def merge(self, person: PersonState, item: ParsedEvent) -> None:
-        """Add unclaimed e-mails and phones, fill empty fields; never overwrite or steal."""
+        """Add unclaimed e-mails and phones, fill empty fields; never overwrite or steal.
+
+        Unverified phones are added too (an existing one is kept by the insert), but they never
+        decide whom an event belongs to.
+        """
         data = item.event.person
         assert data is not None
         changed = False
@@ -242,6 +249,18 @@ class Plan:
                     }
                 )
                 changed = True
+        for c in item.unverified_phones:
+            if (person.id, c.value) not in self._unverified_planned:
+                self._unverified_planned.add((person.id, c.value))
+                self.new_unverified_phones.append(
+                    {
+                        "person_id": person.id,
+                        "value": c.value,
+                        "tenant_id": person.tenant_id,
+                        "type": c.type,
+                        "created_at": self.now,
+                    }
+                )
         if changed and not person.new:
             person.dirty = True
 

@@ -19,8 +19,12 @@ from worker.matching.rules import CompanyState, PersonState, Plan
 _State = TypeVar("_State", PersonState, CompanyState)
 
 
-async def write(conn: AsyncConnection, plan: Plan) -> None:
-    """Store every row the plan holds, one statement per table, parents before children."""
+async def write(conn: AsyncConnection, plan: Plan, *, backfill_rows: int) -> bool:
+    """Store every row the plan holds, one statement per table, parents before children.
+
+    At most `backfill_rows` earlier anonymous events of newly identified visitors are attached
+    here; True if that bound was reached, and the follow-up task must attach the rest.
+    """
     await _insert_and_update(conn, companies_t, plan.companies.values(), _company_row, plan.now)
     await _insert_and_update(conn, people_t, plan.people.values(), _person_row, plan.now)
     for statement, rows in (
@@ -29,6 +33,8 @@ async def write(conn: AsyncConnection, plan: Plan) -> None:
     ):
         if rows:
             await statement.run(conn, rows)
+    if plan.new_unverified_phones:
+        await _INSERT_UNVERIFIED_PHONES.run(conn, plan.new_unverified_phones)
     if plan.visitor_rows:
         await _UPSERT_VISITORS.run(conn, list(plan.visitor_rows.values()))
     if plan.event_rows:
@@ -36,17 +42,20 @@ async def write(conn: AsyncConnection, plan: Plan) -> None:
         if len(inserted) != len(plan.event_rows):
             # Only possible if locking was bypassed: abort, and the rerun sees the winner.
             raise DuplicateEventError(f"{len(plan.event_rows) - len(inserted)} events existed")
+    backfill_left = False
     if plan.visitor_rows:
         # Earlier anonymous events of a visitor now known belong to that person.
         rows = list(plan.visitor_rows.values())
-        await conn.exec_driver_sql(
-            _BACKFILL,
+        attached = await conn.exec_driver_sql(
+            BACKFILL,
             (
                 [r["tenant_id"] for r in rows],
                 [r["visitor_id"] for r in rows],
                 [r["person_id"] for r in rows],
+                backfill_rows,
             ),
         )
+        backfill_left = attached.rowcount >= backfill_rows
     if plan.idem_rows:
         await _INSERT_IDEMPOTENCY_KEYS.run(conn, plan.idem_rows)
     if plan.dead_rows:
@@ -64,6 +73,7 @@ async def write(conn: AsyncConnection, plan: Plan) -> None:
             ),
             plan.dead_rows,
         )
+    return backfill_left
 
 
 def _person_row(p: PersonState, now: datetime) -> dict[str, Any]:
@@ -121,11 +131,22 @@ async def _insert_and_update(
         )
 
 
-_BACKFILL = """
-UPDATE events SET person_id = v.person_id
-FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS v(tenant_id, visitor_id, person_id)
-WHERE events.tenant_id = v.tenant_id AND events.visitor_id = v.visitor_id
-  AND events.person_id IS NULL
+# The newest $4 anonymous events of the visitors, in all, attached to their person (a crawler's
+# history must not hold a lead's transaction): one index range per visitor, newest first.
+BACKFILL = """
+UPDATE events SET person_id = todo.person_id
+FROM (
+    SELECT a.id, v.person_id
+    FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS v(tenant_id, visitor_id, person_id)
+    CROSS JOIN LATERAL (
+        SELECT e.id FROM events e
+        WHERE e.tenant_id = v.tenant_id AND e.visitor_id = v.visitor_id AND e.person_id IS NULL
+        ORDER BY e.occurred_at DESC
+        LIMIT $4
+    ) AS a
+    LIMIT $4
+) AS todo
+WHERE events.id = todo.id AND events.person_id IS NULL
 """
 
 
@@ -179,11 +200,24 @@ _CONTACT_COLUMNS = {
 }
 _INSERT_EMAILS = BulkInsert("person_emails", _CONTACT_COLUMNS)
 _INSERT_PHONES = BulkInsert("person_phones", _CONTACT_COLUMNS)
+_INSERT_UNVERIFIED_PHONES = BulkInsert(
+    "person_unverified_phones",
+    {
+        "person_id": "uuid",
+        "value": "text",
+        "tenant_id": "uuid",
+        "type": "text",
+        "created_at": "timestamptz",
+    },
+    "ON CONFLICT DO NOTHING",
+)
+# A visitor row is rewritten only when its person changes, not on every event that names it.
 _UPSERT_VISITORS = BulkInsert(
     "visitors",
     {"tenant_id": "uuid", "visitor_id": "text", "person_id": "uuid", "updated_at": "timestamptz"},
     "ON CONFLICT (tenant_id, visitor_id) DO UPDATE"
-    " SET person_id = excluded.person_id, updated_at = excluded.updated_at",
+    " SET person_id = excluded.person_id, updated_at = excluded.updated_at"
+    " WHERE visitors.person_id IS DISTINCT FROM excluded.person_id",
 )
 _INSERT_EVENTS = BulkInsert(
     "events",

@@ -466,3 +466,74 @@ def test_an_unexpected_error_names_its_event() -> None:
 def test_an_event_row_has_every_column_of_the_events_table() -> None:
     item = event({"person": {"emails": ["ann@example.com"]}, "company": {"name": "Acme"}})
     assert set(row_of(planned(Found(), item), item)) == set(events_t.columns.keys())
+
+
+# Unverified phones (not valid for the tenant's region) -----------------------------------------
+
+PLACEHOLDERS = ["000-000-0000", "(000) 000-0000", "1234567890", "111 111 1111", "+1-555-1234"]
+
+
+@pytest.mark.parametrize("raw", PLACEHOLDERS)
+def test_a_placeholder_phone_is_unverified_and_no_identity(raw: str) -> None:
+    item = event({"person": {"emails": ["mallory@evil.example"], "phones": [raw, "503 555 0199"]}})
+    assert [c.value for c in item.phones] == ["+15035550199"]
+    (unverified,) = item.unverified_phones
+    assert not unverified.is_primary
+
+
+def test_a_number_valid_only_with_its_country_code_is_an_identity() -> None:
+    # Not a US number, but valid as written with +44: an identity key in a US tenant.
+    item = event({"person": {"phones": ["+44 20 7946 0958"]}})
+    assert [c.value for c in item.phones] == ["+442079460958"] and not item.unverified_phones
+
+
+def test_an_unverified_phone_never_matches_nor_merges_strangers() -> None:
+    # Alice owns the junk number as far as any table could say; Mallory still gets her own
+    # person, takes nothing of Alice's and is not told about her (no conflict either).
+    mallory = event(
+        {
+            "person": {
+                "firstName": "Mallory",
+                "emails": ["m@evil.example"],
+                "phones": ["(000) 000-0000"],
+            }
+        }
+    )
+    found = Found(phone_owner={(T, "+10000000000"): ANN}, people={ANN: person(ANN)})
+    plan = planned(found, mallory)
+    (created,) = new_people(plan)
+    row = row_of(plan, mallory)
+    assert created != ANN and row["person_id"] == created and row["match_conflict"] is None
+    assert not plan.people[ANN].dirty and not plan.new_phones
+    assert plan.new_unverified_phones == [
+        {
+            "person_id": created,
+            "value": "+10000000000",
+            "tenant_id": T,
+            "type": None,
+            "created_at": NOW,
+        }
+    ]
+
+
+def test_only_an_unverified_phone_creates_a_person_each_time() -> None:
+    first = event({"person": {"phones": ["000-000-0000"]}})
+    second = event({"person": {"phones": ["000 000 0000"]}})
+    plan = planned(Found(), first, second)
+    assert len(new_people(plan)) == 2
+    assert row_of(plan, first)["person_id"] != row_of(plan, second)["person_id"]
+    assert not plan.phone_owner and not plan.new_phones
+    assert len(plan.new_unverified_phones) == 2
+
+
+def test_an_unverified_phone_is_planned_once_per_person_in_a_batch() -> None:
+    again = [
+        event({"person": {"emails": ["ann@example.com"], "phones": ["1234567890"]}})
+        for _ in range(2)
+    ]
+    plan = planned(
+        Found(email_owner={(T, "ann@example.com"): ANN}, people={ANN: person(ANN)}), *again
+    )
+    assert [(r["person_id"], r["value"]) for r in plan.new_unverified_phones] == [
+        (ANN, "+11234567890")
+    ]

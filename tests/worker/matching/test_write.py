@@ -15,6 +15,7 @@ from shared.db.tables import (
     people_t,
     person_emails_t,
     person_phones_t,
+    person_unverified_phones_t,
     visitors_t,
 )
 from worker.matching.rules import CompanyState, PersonState
@@ -23,6 +24,7 @@ from worker.matching.write import (
     _INSERT_EVENTS,
     _INSERT_IDEMPOTENCY_KEYS,
     _INSERT_PHONES,
+    _INSERT_UNVERIFIED_PHONES,
     _UPSERT_VISITORS,
     BulkInsert,
     _company_row,
@@ -50,6 +52,7 @@ def _record_type(column_type: object) -> str:
     [
         (_INSERT_EMAILS, person_emails_t),
         (_INSERT_PHONES, person_phones_t),
+        (_INSERT_UNVERIFIED_PHONES, person_unverified_phones_t),
         (_UPSERT_VISITORS, visitors_t),
         (_INSERT_EVENTS, events_t),
         (_INSERT_IDEMPOTENCY_KEYS, idempotency_keys_t),

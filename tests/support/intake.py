@@ -1,0 +1,42 @@
+"""An intake served in process (httpx ASGITransport), with the state its lifespan would make."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+
+from ingest_api.app import create_app
+from ingest_api.enqueuer import Enqueuer
+from ingest_api.intake import Intake
+from ingest_api.rate_limit import RateLimiter
+from ingest_api.sources.site_keys import SiteKeys
+from ingest_api.state import IngestState
+from ingest_api.waiter import OutcomeWaiter
+from shared.broker.writers import BrokerWriter
+from shared.db.engine import create_engine
+from shared.settings import Settings
+
+
+@asynccontextmanager
+async def in_process_intake(settings: Settings, writer: BrokerWriter) -> AsyncIterator[Intake]:
+    """The app as uvicorn would serve it, its broker writes going to `writer`. The rate limiter
+    is off: what it decides needs Redis (tests/ingest_api/test_rate_limit.py)."""
+    created = create_app(settings)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    engine = create_engine(settings)
+    created.app.state.ingest = IngestState(
+        settings=settings,
+        token_verifier=created.verifier,
+        migration_head=None,
+        redis=client,
+        enqueuer=Enqueuer(writer, timeout=0.5),
+        waiter=OutcomeWaiter(client, engine, "ls:outcomes:intake-test:0"),
+        engine=engine,
+        limiter=RateLimiter(client, rate=0, burst=1, timeout=0.5),
+        sites=SiteKeys(engine, ttl=30, max_entries=10, timeout=0.5),
+    )
+    try:
+        yield created
+    finally:
+        await client.aclose()
+        await engine.dispose()
