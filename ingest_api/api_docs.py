@@ -24,7 +24,8 @@ Compatible with Sure Send CRM's `POST /api/partner/events`. Field names are came
 wire. Every error is an RFC 9457 `application/problem+json` document:
 `{type, title, status, detail, errors?: [{loc, msg, type}]}`, with the path of each wrong field
 in `loc`. Server-to-server calls authenticate with `Authorization: Bearer <JWT>`, minted by
-`leadstream token`; writes need the `events:write` scope, reads `events:read`.
+`leadstream token`; writes need the `events:write` scope (its default), reads `events:read`
+(`--scope events:read`). A token is refused (401) once revoked or while its tenant is disabled.
 """
 
 

@@ -4,6 +4,7 @@ import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from uuid import UUID
 
 import redis.asyncio as aioredis
 import structlog
@@ -13,8 +14,9 @@ from fastapi_offline import FastAPIOffline
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_api.auth import TokenVerifier
+from ingest_api.auth import TenantGate, TokenVerifier
 from ingest_api.enqueuer import Enqueuer
 from ingest_api.intake import Intake
 from ingest_api.openapi import document
@@ -31,10 +33,15 @@ from shared.broker.writers import BrokerWriter, KombuWriter, RedisWriter
 from shared.contract.outcomes import outcome_channel
 from shared.contract.queues import ACTIVITY_QUEUE
 from shared.db.engine import create_engine, migration_head
+from shared.db.tenants import TenantStatus, tenant_status
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
+
+# A token's tenant is read once per LEADSTREAM_TENANT_CACHE_SECONDS: a cold connection may take
+# this long, a hung database no longer.
+TENANT_READ_TIMEOUT_SECONDS = 2.0
 
 
 async def check_redis_eviction(client: aioredis.Redis, settings: Settings) -> None:
@@ -104,6 +111,14 @@ def _enqueuer(settings: Settings, client: aioredis.Redis) -> Enqueuer:
     )
 
 
+def _tenant_gate(settings: Settings, engine: AsyncEngine) -> TenantGate:
+    async def read(tenant_id: UUID) -> TenantStatus | None:
+        async with engine.connect() as conn:
+            return await tenant_status(conn, tenant_id)
+
+    return TenantGate(read, ttl=settings.tenant_cache_seconds, timeout=TENANT_READ_TIMEOUT_SECONDS)
+
+
 def create_app(settings: Settings | None = None) -> Intake:
     settings = settings or get_settings()
     configure_logging(settings)
@@ -126,6 +141,7 @@ def create_app(settings: Settings | None = None) -> Intake:
         app.state.ingest = IngestState(
             settings=settings,
             token_verifier=verifier,
+            tenants=_tenant_gate(settings, engine),
             migration_head=head,
             redis=client,
             enqueuer=enqueuer,

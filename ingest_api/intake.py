@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from ingest_api.asgi import Receive, Scope, Send
-from ingest_api.auth import TokenVerifier, authorize
+from ingest_api.auth import TokenVerifier, admit, authenticate
 from ingest_api.handoff import (
     ACCEPTED,
     ENQUEUE_FAILURES,
@@ -159,7 +159,7 @@ class Intake:
         """Queue one event (202), or wait up to N seconds for Sure Send's 201/200 answer."""
         headers = dict(scope["headers"])
         # The token before the body: an anonymous sender gets nothing read, nothing buffered.
-        principal, state = self._authorize(headers)
+        principal, state = await self._authorize(headers)
         await _limit(state, principal, headers)
         check_content_type(headers)
         raw = await read_body(
@@ -200,7 +200,7 @@ class Intake:
         """Validate each event on its own and queue the good ones together: 202 with a result
         per event, so a bad event never costs its neighbours."""
         headers = dict(scope["headers"])
-        principal, state = self._authorize(headers)
+        principal, state = await self._authorize(headers)
         await _limit(state, principal, headers)
         check_content_type(headers)
         raw = await read_body(
@@ -246,10 +246,10 @@ class Intake:
                 ACCEPTED[queue].inc(len(queued))
         await send_accepted(send, orjson.dumps({"results": results}), {})
 
-    def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Principal, IngestState]:
+    async def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Principal, IngestState]:
         authorization = headers.get(b"authorization")
-        principal = authorize(
-            authorization.decode("latin-1") if authorization else None, self.verifier, WRITE_SCOPE
+        principal = authenticate(
+            authorization.decode("latin-1") if authorization else None, self.verifier
         )
         # Set by the lifespan; uvicorn serves no request before it, an ASGI test client might.
         state: IngestState | None = getattr(self.app.state, "ingest", None)
@@ -261,7 +261,7 @@ class Intake:
                 kind="not-ready",
                 headers={"Retry-After": "1"},
             )
-        return principal, state
+        return await admit(principal, state.tenants, WRITE_SCOPE), state
 
     async def _enqueue(
         self,

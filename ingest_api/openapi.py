@@ -28,7 +28,7 @@ def problems(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
 
 READ_PROBLEMS = problems(
     {
-        401: "Missing or invalid token",
+        401: "Missing, invalid, expired or revoked token, or its tenant unknown or disabled",
         403: "Token lacks the scope",
         404: "Unknown, or another tenant's",
         422: "Invalid parameter: each in errors[].loc",
@@ -39,7 +39,7 @@ READ_PROBLEMS = problems(
 PROBLEMS = problems(
     {
         400: "Malformed JSON, or gzip that is invalid, truncated or followed by other bytes",
-        401: "Missing or invalid token",
+        401: "Missing, invalid, expired or revoked token, or its tenant unknown or disabled",
         403: "Token lacks the scope",
         404: "Person or company not found (with Prefer: wait)",
         408: "The body did not arrive within LEADSTREAM_BODY_TIMEOUT_SECONDS",
@@ -47,7 +47,10 @@ PROBLEMS = problems(
         415: "Not application/json, or a Content-Encoding other than gzip or identity",
         422: "Invalid event: every wrong field in errors[].loc",
         429: "Over the token's rate limit: Retry-After and RateLimit-* headers",
-        503: "Queue unavailable, or the API is starting: retry after Retry-After seconds",
+        503: (
+            "Queue unavailable, the token's tenant cannot be checked, or the API is starting:"
+            " retry after Retry-After seconds"
+        ),
     }
 )
 BEACON_PROBLEMS = problems(

@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_api.auth import TokenVerifier
+from ingest_api.auth import TenantGate, TokenVerifier
 from ingest_api.enqueuer import Enqueuer
 from ingest_api.rate_limit import RateLimiter
 from ingest_api.sources.site_keys import SiteKeys
@@ -19,6 +19,7 @@ from shared.settings import Settings
 class IngestState:
     settings: Settings
     token_verifier: TokenVerifier
+    tenants: TenantGate
     migration_head: str | None
     redis: aioredis.Redis
     enqueuer: Enqueuer

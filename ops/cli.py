@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,12 +32,18 @@ from ops.local_services import (
     start_services,
     tenant_with_token,
 )
-from shared.auth import ALL_SCOPES, mint_token
+from shared.auth import ALL_SCOPES, WRITE_SCOPE, mint_token
 from shared.broker.writers import KombuWriter
 from shared.contract.queues import Envelope
 from shared.db.engine import create_engine, migrate_database
 from shared.db.sites import IP_POLICIES, Site, create_site, list_sites, revoke_site, tenant_names
-from shared.db.tenants import ensure_tenant, find_tenant
+from shared.db.tenants import (
+    TenantStatus,
+    ensure_tenant,
+    find_tenant_status,
+    revoke_tokens,
+    set_tenant_active,
+)
 from shared.settings import Settings, known_region
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +55,11 @@ REPLAY_TIMEOUT_SECONDS = 60.0
 app = typer.Typer(help="Leadstream: event ingestion for real-estate CRMs.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
+token_app = typer.Typer(
+    help="Print a Bearer token for a tenant (--tenant NAME; events:write only unless --scope"
+    " says more), or revoke the tenant's tokens."
+)
+app.add_typer(token_app, name="token")
 dlq_app = typer.Typer(
     help="Dead letters: events that could not be processed.", no_args_is_help=True
 )
@@ -102,16 +114,6 @@ async def _ensure_tenant(database_url: str, name: str, region: str) -> str:
         await engine.dispose()
 
 
-async def _find_tenant(database_url: str, name: str) -> str | None:
-    engine = _engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            found = await find_tenant(conn, name=name)
-    finally:
-        await engine.dispose()
-    return str(found) if found else None
-
-
 @app.command()
 def migrate() -> None:
     """Create the database if it is missing and apply the migrations (idempotent)."""
@@ -138,29 +140,112 @@ def tenant_create(
     typer.echo(tenant_id)
 
 
-@app.command()
+@tenant_app.command("disable")
+def tenant_disable(name: str) -> None:
+    """Refuse the tenant's tokens (within LEADSTREAM_TENANT_CACHE_SECONDS); events it had sent
+    before are still processed."""
+    _set_active(name, active=False)
+
+
+@tenant_app.command("enable")
+def tenant_enable(name: str) -> None:
+    """Accept the tenant's tokens again (within LEADSTREAM_TENANT_CACHE_SECONDS)."""
+    _set_active(name, active=True)
+
+
+def _set_active(name: str, *, active: bool) -> None:
+    settings = _settings()
+    found = asyncio.run(
+        _with_connection(
+            settings.database_url,
+            lambda conn: set_tenant_active(conn, name=name, active=active),
+            commit=True,
+        )
+    )
+    if found is None:
+        raise CommandError(f"no tenant named {name!r}: see `leadstream tenant create`")
+    state = "enabled" if active else "disabled: its tokens are refused"
+    typer.echo(
+        f"tenant {name!r} {state} within {settings.tenant_cache_seconds:g} s"
+        " (LEADSTREAM_TENANT_CACHE_SECONDS)"
+    )
+
+
+@token_app.callback(invoke_without_command=True)
 def token(
-    tenant: Annotated[str, typer.Option(help="Tenant name.")],
-    scope: Annotated[list[str] | None, typer.Option(help="Repeat for several.")] = None,
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Tenant name.")] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Repeat for several; default {WRITE_SCOPE} only (reading needs events:read)."
+        ),
+    ] = None,
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 30 * 24 * 3600,
 ) -> None:
-    """Print a Bearer token (JWT) for a tenant."""
+    """Print a Bearer token (JWT) for a tenant, with only the scopes asked for."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if tenant is None:
+        raise CommandError("name the tenant: `leadstream token --tenant NAME`")
     settings = _settings()
     if not 0 < ttl <= settings.token_max_ttl_seconds:
         raise CommandError(
             f"--ttl must be 1 to {settings.token_max_ttl_seconds} seconds"
             " (the cap is LEADSTREAM_TOKEN_MAX_TTL_SECONDS)"
         )
-    with reaching_database(settings.database_url):
-        tenant_id = asyncio.run(_find_tenant(settings.database_url, tenant))
-    if tenant_id is None:
-        raise CommandError(f"no tenant named {tenant!r}: create it with `leadstream tenant create`")
-    scopes = tuple(scope) if scope else ALL_SCOPES
+    scopes = tuple(dict.fromkeys(scope)) if scope else (WRITE_SCOPE,)
     unknown = set(scopes) - set(ALL_SCOPES)
     if unknown:
         typer.echo(f"unknown scopes {sorted(unknown)}; known: {list(ALL_SCOPES)}", err=True)
         raise typer.Exit(2)
-    typer.echo(mint_token(settings, tenant_id=UUID(tenant_id), scopes=scopes, ttl_seconds=ttl))
+    status = _tenant_status(settings, tenant)
+    if not status.active:
+        raise CommandError(
+            f"tenant {tenant!r} is disabled: `leadstream tenant enable {tenant}` first"
+        )
+    typer.echo(
+        mint_token(
+            settings,
+            tenant_id=status.id,
+            scopes=scopes,
+            ttl_seconds=ttl,
+            token_version=status.token_version,
+        )
+    )
+
+
+@token_app.command("revoke")
+def token_revoke(tenant: Annotated[str, typer.Option(help="Tenant name.")]) -> None:
+    """Revoke every token of the tenant minted so far (within LEADSTREAM_TENANT_CACHE_SECONDS);
+    tokens minted afterwards work."""
+    settings = _settings()
+    version = asyncio.run(
+        _with_connection(
+            settings.database_url, lambda conn: revoke_tokens(conn, name=tenant), commit=True
+        )
+    )
+    if version is None:
+        raise CommandError(f"no tenant named {tenant!r}: see `leadstream tenant create`")
+    typer.echo(
+        f"tenant {tenant!r}: tokens minted before now are refused within"
+        f" {settings.tenant_cache_seconds:g} s (LEADSTREAM_TENANT_CACHE_SECONDS);"
+        f" mint new ones with `leadstream token --tenant {tenant}`"
+    )
+
+
+def _tenant_status(settings: Settings, name: str) -> TenantStatus:
+    found: TenantStatus | None = asyncio.run(
+        _with_connection(settings.database_url, lambda conn: find_tenant_status(conn, name=name))
+    )
+    if found is None:
+        raise CommandError(f"no tenant named {name!r}: create it with `leadstream tenant create`")
+    return found
+
+
+async def _tenant_id(conn: Any, name: str) -> UUID | None:
+    status = await find_tenant_status(conn, name=name)
+    return status.id if status else None
 
 
 async def _with_connection(database_url: str, work: Any, *, commit: bool = False) -> Any:
@@ -287,7 +372,7 @@ def site_create(
     settings = _settings()
 
     async def create(conn: Any) -> Site:
-        tenant_id = await find_tenant(conn, name=tenant)
+        tenant_id = await _tenant_id(conn, tenant)
         if tenant_id is None:
             raise CommandError(
                 f"no tenant named {tenant!r}: create it with `leadstream tenant create`"
@@ -318,7 +403,7 @@ def site_list(
     async def read(conn: Any) -> tuple[list[Site], dict[UUID, str]]:
         tenant_id = None
         if tenant is not None:
-            tenant_id = await find_tenant(conn, name=tenant)
+            tenant_id = await _tenant_id(conn, tenant)
             if tenant_id is None:
                 raise CommandError(f"no tenant named {tenant!r}")
         sites = await list_sites(conn, tenant_id=tenant_id)
@@ -361,6 +446,13 @@ async def _demo_tenant(settings: Settings) -> tuple[UUID, str]:
         )
     finally:
         await engine.dispose()
+
+
+def _flower_login(settings: Settings) -> str:
+    if settings.flower_basic_auth:
+        return "basic auth: LEADSTREAM_FLOWER_BASIC_AUTH"
+    user, _, password = settings.flower_credentials().partition(":")
+    return f"user {user}, password {password}"
 
 
 @app.command()
@@ -416,7 +508,8 @@ def run(
             f"\nPostgreSQL ({services.database_origin}): {shown(services.database_url)}\n"
             f"Redis ({services.redis_origin}): {shown(services.redis_url)}\n"
             f"(recorded in {recorded} for the other `leadstream` commands)\n"
-            f"API {base} (docs {base}/docs), Flower http://127.0.0.1:{settings.flower_port}\n"
+            f"API {base} (docs {base}/docs), Flower http://127.0.0.1:{settings.flower_port}"
+            f" ({_flower_login(settings)})\n"
             f"Token for tenant 'demo' (7 days):\n\n  export TOKEN={demo_token}\n"
         )
         # The Procfile is rendered from ops.processes (a test keeps them equal): run it as is.
@@ -434,6 +527,23 @@ def run(
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how `make run` is meant to end
             code = honcho.wait()
             raise typer.Exit(code)
+
+
+@app.command()
+def flower(
+    port: Annotated[int, typer.Option(help="Port (LEADSTREAM_FLOWER_PORT).")] = 5555,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run Flower behind basic auth: LEADSTREAM_FLOWER_BASIC_AUTH, else (outside prod) the
+    generated credentials `leadstream run` prints."""
+    try:
+        credentials = _settings().flower_credentials()
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    argv = processes.celery_flower_argv(address=address, port=port)
+    program = shutil.which(argv[0], path=str(processes.BIN)) or argv[0]
+    # Replaced, not wrapped: signals from honcho or the tests reach Flower itself.
+    os.execve(program, argv, {**os.environ, "FLOWER_BASIC_AUTH": credentials})  # noqa: S606 - our own celery
 
 
 def _interrupt(signum: int, _: object) -> None:

@@ -34,7 +34,7 @@ from sqlalchemy.pool import NullPool
 
 from ops.processes import free_port
 from shared.auth import ALL_SCOPES, mint_token
-from shared.db.tenants import ensure_tenant
+from shared.db.tenants import ensure_tenant, tenant_status
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -273,9 +273,15 @@ async def drop_database(database_url: str) -> None:
 async def tenant_with_token(
     engine: AsyncEngine, settings: Settings, *, name: str, region: str, ttl_seconds: int
 ) -> tuple[UUID, str]:
-    """The tenant named `name` (created if new) and a Bearer token with every scope."""
+    """The tenant named `name` (created if new) and a Bearer token with every scope, of its
+    current token version (not one born revoked)."""
     async with engine.begin() as conn:
         tenant_id = await ensure_tenant(conn, name=name, default_region=region)
+        status = await tenant_status(conn, tenant_id)
     return tenant_id, mint_token(
-        settings, tenant_id=tenant_id, scopes=ALL_SCOPES, ttl_seconds=ttl_seconds
+        settings,
+        tenant_id=tenant_id,
+        scopes=ALL_SCOPES,
+        ttl_seconds=ttl_seconds,
+        token_version=status.token_version if status else 0,
     )

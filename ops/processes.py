@@ -68,7 +68,14 @@ def worker_argv(*, concurrency: int | str = 2, node: str | None = None) -> list[
 
 
 def flower_argv(*, port: int | str) -> list[str]:
-    return ["celery", "-A", WORKER_APP, "flower", "--address=127.0.0.1", f"--port={port}"]
+    """`leadstream flower`: Flower behind basic auth (from the settings), on 127.0.0.1."""
+    return ["leadstream", "flower", f"--port={port}"]
+
+
+def celery_flower_argv(*, address: str, port: int | str) -> list[str]:
+    """Celery's own Flower command; its credentials come from FLOWER_BASIC_AUTH in its
+    environment, not its command line, which any local user can read."""
+    return ["celery", "-A", WORKER_APP, "flower", f"--address={address}", f"--port={port}"]
 
 
 def procfile() -> str:

@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32  # HS256's own key size: shorter secrets can be brute-forced offline
+MIN_FLOWER_PASSWORD = 16
+FLOWER_USER = "leadstream"  # of the generated Flower credentials
 
 
 class Settings(BaseSettings):
@@ -35,10 +37,16 @@ class Settings(BaseSettings):
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     # No token lives longer than this: a leaked one stops working by itself.
     token_max_ttl_seconds: int = Field(90 * 24 * 3600, gt=0)
+    # How long an API process trusts what it read of a tenant (exists, active, token version):
+    # a disable or a token revocation takes effect within this.
+    tenant_cache_seconds: float = Field(30.0, gt=0, le=300)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
+    # `user:password` (comma-separated for several) Flower asks for. Empty: outside prod, user
+    # `leadstream` with a random password generated once into data_dir (mode 0600).
+    flower_basic_auth: str = Field("", repr=False)
 
     default_phone_region: str = "US"
     max_wait_seconds: int = Field(30, ge=0, le=300)
@@ -128,6 +136,27 @@ class Settings(BaseSettings):
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"LEADSTREAM_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
         return self
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _credentials(cls, value: str) -> str:
+        for pair in filter(None, value.split(",")):
+            user, _, password = pair.partition(":")
+            if not user or len(password) < MIN_FLOWER_PASSWORD:
+                raise ValueError(
+                    f"use user:password, the password at least {MIN_FLOWER_PASSWORD} characters"
+                )
+        return value
+
+    def flower_credentials(self) -> str:
+        """Flower's `user:password` list: the setting, else (outside prod) a generated one."""
+        if self.flower_basic_auth:
+            return self.flower_basic_auth
+        if self.env == "prod":
+            raise ValueError(
+                "LEADSTREAM_FLOWER_BASIC_AUTH must be set in production (user:password)"
+            )
+        return f"{FLOWER_USER}:{local_secret(self.data_dir / 'flower-password')}"
 
     @property
     def celery_broker_url(self) -> str:

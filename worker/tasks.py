@@ -13,6 +13,7 @@ import structlog
 from celery import Task
 from celery.exceptions import Reject
 
+from shared.broker.wire import envelopes_argsrepr
 from shared.contract.queues import (
     ACTIVITY_QUEUE,
     BACKFILL_VISITOR_TASK,
@@ -48,8 +49,11 @@ def _back_off(exc: Exception, attempt: int) -> None:
     time.sleep(delay)
 
 
-def leadstream_task(*, name: str) -> Callable[[F], Task]:
+def leadstream_task(*, name: str, argsrepr: Callable[..., str]) -> Callable[[F], Task]:
     """The one way to declare a task: stable name, acks late, and the retry policy.
+
+    `argsrepr(*args)` is what a retry's message shows as its arguments (Flower shows it): Celery
+    would write the arguments' repr, personal data included.
 
     A failure `classify` calls transient is retried with backoff, without end, so a transient
     failure never drops an accepted event; once `retries_exhausted`, a task takes its fallback
@@ -77,7 +81,9 @@ def leadstream_task(*, name: str) -> Callable[[F], Task]:
                     _back_off(exc, attempt)
                     attempt += 1
                     try:
-                        raise self.retry(exc=exc, countdown=0) from exc
+                        raise self.retry(
+                            exc=exc, countdown=0, argsrepr=argsrepr(*args), kwargsrepr="{}"
+                        ) from exc
                     except Reject as refused:
                         # Celery could not publish the retry and would drop the message
                         # (Reject(requeue=False)): keep it, and run the task again here.
@@ -100,7 +106,7 @@ def leadstream_task(*, name: str) -> Callable[[F], Task]:
     return decorate
 
 
-@leadstream_task(name=PROCESS_EVENTS_TASK)
+@leadstream_task(name=PROCESS_EVENTS_TASK, argsrepr=envelopes_argsrepr)
 def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
     """Match, store and publish a batch of events queued by the API."""
     parsed = [Envelope.model_validate(e) for e in envelopes]
@@ -148,7 +154,12 @@ def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
     _purge_if_due(rt)
 
 
-@leadstream_task(name=BACKFILL_VISITOR_TASK)
+def _visitor_argsrepr(tenant_id: str, visitor_id: str) -> str:
+    # The visitor id is the browser's own cookie value: Flower shows only whose it is.
+    return f"[{tenant_id!r}, <visitor>]"
+
+
+@leadstream_task(name=BACKFILL_VISITOR_TASK, argsrepr=_visitor_argsrepr)
 def backfill_visitor(self: Task, tenant_id: str, visitor_id: str) -> None:
     """Attach a bounded part of a visitor's earlier anonymous events; send itself again until
     none is left."""

@@ -1,7 +1,7 @@
 """sites: public site keys for the browser doors (pixel, beacon)
 
 Revision ID: 0004_sites
-Revises: 0001
+Revises: 0003_tenant_status
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004_sites"
-down_revision: str | None = "0002_pg_hardening"
+down_revision: str | None = "0003_tenant_status"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

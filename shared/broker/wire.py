@@ -74,12 +74,13 @@ def celery_task_message(*, task: str, queue: str, args: list[Any], argsrepr: str
 def task_message(queue: str, chunk: list[dict[str, Any]]) -> bytes:
     """The raw Redis message that asks a worker to process one chunk of envelopes."""
     return celery_task_message(
-        task=PROCESS_EVENTS_TASK, queue=queue, args=[chunk], argsrepr=_argsrepr(chunk)
+        task=PROCESS_EVENTS_TASK, queue=queue, args=[chunk], argsrepr=envelopes_argsrepr(chunk)
     )
 
 
-def _argsrepr(chunk: list[dict[str, Any]]) -> str:
-    # What Flower shows as the task's arguments: a count, never the events themselves.
+def envelopes_argsrepr(chunk: list[Any]) -> str:
+    """What Flower shows as the task's arguments: a count, never the events (personal data).
+    The worker's retries write it too."""
     return f"[<{len(chunk)} envelopes>]"
 
 
@@ -94,7 +95,7 @@ def publish_wires(connection: Connection, queue: str, chunks: list[list[dict[str
             exchange="",
             routing_key=queue,
             headers=_task_headers(
-                task=PROCESS_EVENTS_TASK, task_id=task_id, argsrepr=_argsrepr(chunk)
+                task=PROCESS_EVENTS_TASK, task_id=task_id, argsrepr=envelopes_argsrepr(chunk)
             ),
             correlation_id=task_id,
             delivery_mode=2,

@@ -49,6 +49,10 @@ class Tenant(Base):
     # Region for phone numbers written without a country code (ISO 3166 alpha-2).
     default_region: Mapped[str] = mapped_column(String(2))
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("now()"))
+    # A disabled tenant's tokens are refused by the API (`leadstream tenant disable`).
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # Tokens minted with a lower `ver` claim are revoked (`leadstream token revoke`).
+    token_version: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class Company(Base):

@@ -1,10 +1,12 @@
-"""Tenants: created and found by the CLI, their phone region read by the API and the worker."""
+"""Tenants: created, found, disabled and their tokens revoked by the CLI; their phone region
+read by the API and the worker, their status by the API."""
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,11 +30,59 @@ async def ensure_tenant(conn: AsyncConnection, *, name: str, default_region: str
     return tenant_id
 
 
-async def find_tenant(conn: AsyncConnection, *, name: str) -> UUID | None:
+@dataclass(frozen=True)
+class TenantStatus:
+    """What decides whether a tenant's token is still good."""
+
+    id: UUID
+    active: bool
+    token_version: int
+
+
+_STATUS_COLUMNS = (tenants_t.c.id, tenants_t.c.active, tenants_t.c.token_version)
+
+
+async def tenant_status(conn: AsyncConnection, tenant_id: UUID) -> TenantStatus | None:
+    """The tenant's status, read now (the API caches it); None if there is no such tenant."""
+    row = (
+        await conn.execute(select(*_STATUS_COLUMNS).where(tenants_t.c.id == tenant_id))
+    ).one_or_none()
+    return TenantStatus(row.id, row.active, row.token_version) if row else None
+
+
+async def find_tenant_status(conn: AsyncConnection, *, name: str) -> TenantStatus | None:
+    """The status of the tenant called `name` (its id among it); None if there is none."""
+    row = (
+        await conn.execute(select(*_STATUS_COLUMNS).where(tenants_t.c.name == name))
+    ).one_or_none()
+    return TenantStatus(row.id, row.active, row.token_version) if row else None
+
+
+async def set_tenant_active(conn: AsyncConnection, *, name: str, active: bool) -> UUID | None:
+    """Enable or disable the tenant called `name`; its id, or None if there is none."""
     found: UUID | None = (
-        await conn.execute(select(tenants_t.c.id).where(tenants_t.c.name == name))
+        await conn.execute(
+            update(tenants_t)
+            .where(tenants_t.c.name == name)
+            .values(active=active)
+            .returning(tenants_t.c.id)
+        )
     ).scalar_one_or_none()
     return found
+
+
+async def revoke_tokens(conn: AsyncConnection, *, name: str) -> int | None:
+    """Revoke every token of the tenant called `name` minted so far: its new token version, or
+    None if there is no such tenant."""
+    version: int | None = (
+        await conn.execute(
+            update(tenants_t)
+            .where(tenants_t.c.name == name)
+            .values(token_version=tenants_t.c.token_version + 1)
+            .returning(tenants_t.c.token_version)
+        )
+    ).scalar_one_or_none()
+    return version
 
 
 async def tenant_regions(conn: AsyncConnection, tenant_ids: Iterable[UUID]) -> dict[UUID, str]:

@@ -61,3 +61,30 @@ def test_weak_or_missing_production_secrets_are_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(data_dir=tmp_path, **options)
+
+
+def test_without_flower_credentials_a_login_is_generated_once_and_kept_private(
+    tmp_path: Path,
+) -> None:
+    first = Settings(data_dir=tmp_path).flower_credentials()
+    user, _, password = first.partition(":")
+    assert user == "leadstream" and len(password) >= 32
+    assert stat.S_IMODE((tmp_path / "flower-password").stat().st_mode) == 0o600
+    assert Settings(data_dir=tmp_path).flower_credentials() == first
+    configured = Settings(data_dir=tmp_path, flower_basic_auth="ops:" + "p" * 16)
+    assert configured.flower_credentials() == "ops:" + "p" * 16
+
+
+def test_production_flower_needs_configured_credentials(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, env="prod", jwt_secret="s" * MIN_SECRET_BYTES)
+    with pytest.raises(ValueError, match="LEADSTREAM_FLOWER_BASIC_AUTH must be set"):
+        settings.flower_credentials()
+    assert not (tmp_path / "flower-password").exists()
+
+
+@pytest.mark.parametrize(
+    "given", ["nopassword", "ops:short", ":" + "p" * 16, "a:" + "p" * 16 + ",b:x"]
+)
+def test_weak_flower_credentials_are_refused(tmp_path: Path, given: str) -> None:
+    with pytest.raises(ValidationError, match="user:password"):
+        Settings(data_dir=tmp_path, flower_basic_auth=given)

@@ -2,10 +2,12 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from uuid import UUID
 
 import redis.asyncio as aioredis
 
 from ingest_api.app import create_app
+from ingest_api.auth import TenantGate
 from ingest_api.enqueuer import Enqueuer
 from ingest_api.intake import Intake
 from ingest_api.rate_limit import RateLimiter
@@ -14,19 +16,29 @@ from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.broker.writers import BrokerWriter
 from shared.db.engine import create_engine
+from shared.db.tenants import TenantStatus
 from shared.settings import Settings
 
 
+async def _active_tenant(tenant_id: UUID) -> TenantStatus:
+    # Every tenant exists and is active here: tests/ingest_api/test_auth.py tests the gate.
+    return TenantStatus(tenant_id, active=True, token_version=0)
+
+
 @asynccontextmanager
-async def in_process_intake(settings: Settings, writer: BrokerWriter) -> AsyncIterator[Intake]:
-    """The app as uvicorn would serve it, its broker writes going to `writer`. The rate limiter
-    is off: what it decides needs Redis (tests/ingest_api/test_rate_limit.py)."""
+async def in_process_intake(
+    settings: Settings, writer: BrokerWriter, *, tenants: TenantGate | None = None
+) -> AsyncIterator[Intake]:
+    """The app as uvicorn would serve it, its broker writes going to `writer`. Every tenant is
+    active unless `tenants` says otherwise, and the rate limiter is off: what it decides needs Redis
+    (tests/ingest_api/test_rate_limit.py)."""
     created = create_app(settings)
     client = aioredis.Redis.from_url(settings.redis_url)
     engine = create_engine(settings)
     created.app.state.ingest = IngestState(
         settings=settings,
         token_verifier=created.verifier,
+        tenants=tenants or TenantGate(_active_tenant, ttl=60, timeout=1),
         migration_head=None,
         redis=client,
         enqueuer=Enqueuer(writer, timeout=0.5),
