@@ -75,15 +75,22 @@ def run_wrk_fixed(
     workdir: Path,
     name: str,
     batch: int = 0,
+    script: str = "post.lua",
+    site_key: str = "",
 ) -> WrkResult:
-    """A fixed-duration closed loop of identical POSTs (references a and b), or of identical
-    batches of `batch` events (b2)."""
-    env = {**os.environ, "BENCH_TOKEN": token, "BENCH_BATCH": str(batch)}
+    """A fixed-duration closed loop of identical POSTs (references a and b), of identical
+    batches of `batch` events (b2), or of `script`'s requests (the pixel's, the beacon's)."""
+    env = {
+        **os.environ,
+        "BENCH_TOKEN": token,
+        "BENCH_BATCH": str(batch),
+        "BENCH_SITE_KEY": site_key,
+    }
     out = workdir / f"{name}.out"
     started, cpu0 = time.monotonic(), _children_cpu()
     with out.open("wb") as handle:
         subprocess.run(
-            _wrk_argv(url, "post.lua", seconds=seconds, connections=connections, threads=threads),
+            _wrk_argv(url, script, seconds=seconds, connections=connections, threads=threads),
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,

@@ -19,10 +19,16 @@ from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE
 
 
 def reference(
-    url: str, s: Stack, name: str, *, pid: int | None = None, batch: int = 0
+    url: str,
+    s: Stack,
+    name: str,
+    *,
+    pid: int | None = None,
+    batch: int = 0,
+    script: str = "post.lua",
 ) -> tuple[Reference, dict[str, profile.Role]]:
-    """wrk against `url` (batches of `batch` events if set); with --profile, py-spy on `pid`
-    during the measured run."""
+    """wrk against `url` (batches of `batch` events if set, `script`'s requests if given);
+    with --profile, py-spy on `pid` during the measured run."""
     cfg = s.config
     run_wrk_fixed(
         url,
@@ -33,6 +39,8 @@ def reference(
         workdir=s.workdir,
         name=f"{name}-warmup",
         batch=batch,
+        script=script,
+        site_key=s.site_key,
     )
     spy = profile.start(s.workdir, s.env, name, pid) if cfg.profile and pid else None
     if spy is not None:
@@ -47,6 +55,8 @@ def reference(
             workdir=s.workdir,
             name=name,
             batch=batch,
+            script=script,
+            site_key=s.site_key,
         )
     finally:
         roles = profile.stop(spy) if spy is not None else {}

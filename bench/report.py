@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from bench.report_cpu import cpu_sections, profile_sections
 
 if TYPE_CHECKING:
-    from bench.results import PhaseResult, Results
+    from bench.results import PhaseResult, Reference, Results
 
 MB = 1024 * 1024
 
@@ -154,10 +154,43 @@ def _reference_rows(results: "Results") -> list[str]:
         f"p50 {batched.p50_ms:.1f} ms, p99 {batched.p99_ms:.1f} ms"
         f"{f', {batched.errors} errors' if batched.errors else ''} | (b) {_n(ingest.rps)} "
         f"events/s | {_ratio(batched.rps * batched.events_per_request, ingest.rps)} | - |",
+        *_door_rows(results),
         f"| c | Redis LPUSH, ~1 KB messages, redis-py pipelined by 100 "
         f"({cfg.lpush_messages:,} msgs) | {_n(results.lpush_rate)} msg/s | - | - | - |",
         f"| d | PostgreSQL COPY (asyncpg `copy_records_to_table`, {cfg.copy_rows:,} rows "
         f"with a ~0.4 KB jsonb) | {_n(results.copy_rate)} rows/s | - | - | - |",
+    ]
+
+
+def _door_rows(results: "Results") -> list[str]:
+    """Figures b3-b5: the browser doors and the rate limiter, against (b)."""
+    ingest, unlimited = results.ingest, results.ingest_unlimited
+    pixel, beacon = results.pixel, results.beacon
+    assert ingest is not None and unlimited is not None
+    assert pixel is not None and beacon is not None
+
+    def measured(ref: "Reference") -> str:
+        errors = f", {ref.errors} errors" if ref.errors else ""
+        return f"{_n(ref.rps)} req/s, p50 {ref.p50_ms:.1f} ms, p99 {ref.p99_ms:.1f} ms{errors}"
+
+    def door_ok(ref: "Reference", floor: float) -> bool:
+        return ref.rps >= floor * ingest.rps and ref.p99_ms <= ingest.p99_ms and not ref.errors
+
+    cost = 1 - ingest.rps / unlimited.rps
+    against = f"(b) {_n(ingest.rps)} req/s, p99 {ingest.p99_ms:.1f} ms"
+    return [
+        f"| b3 | pixel, one page view per `GET /pixel.gif?k=…` (same flags, no worker) | "
+        f"{measured(pixel)} | {against} | {_ratio(pixel.rps, ingest.rps)}; p99 "
+        f"{_ratio(pixel.p99_ms, ingest.p99_ms)} | ≥ 1.0 and p99 ≤ (b)'s: "
+        f"{_mark(door_ok(pixel, 1.0))} |",
+        f"| b4 | beacon, the same page view as `text/plain` to `POST /beacon?k=…` from an "
+        f"allowed origin (same flags, no worker) | {measured(beacon)} | {against} | "
+        f"{_ratio(beacon.rps, ingest.rps)}; p99 {_ratio(beacon.p99_ms, ingest.p99_ms)} | "
+        f"≥ 0.9 and p99 ≤ (b)'s: {_mark(door_ok(beacon, 0.9))} |",
+        f"| b5 | (b) with the rate limiter off (`LEADSTREAM_RATE_LIMIT_PER_SECOND=0`; on in "
+        f"every other row, at a rate no client reaches) | {measured(unlimited)} | (b) "
+        f"{_n(ingest.rps)} req/s | the limiter costs {100 * cost:.1f}% of (b5) | ≤ 10%: "
+        f"{_mark(cost <= 0.10)} |",
     ]
 
 

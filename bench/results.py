@@ -132,6 +132,9 @@ class Results:
     bare_asgi: Reference | None = None
     ingest: Reference | None = None
     ingest_batch: Reference | None = None
+    ingest_unlimited: Reference | None = None  # (b), the rate limiter off
+    pixel: Reference | None = None
+    beacon: Reference | None = None
     phases: list[PhaseResult] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     accepted_total: int = 0

@@ -32,6 +32,7 @@ from bench.stack import (
     drop_database,
     flush_redis,
     machine_info,
+    make_site_key,
     make_tenant,
     start_uvicorn,
     start_worker,
@@ -45,6 +46,12 @@ from shared.settings import Settings
 __all__ = ["Config", "Results", "main", "run"]
 
 BATCH_REFERENCE_SIZE = 100  # events per request in reference (b2)
+# The limiter runs on every request, but one client must never be refused: the references
+# measure its cost, not its refusals. b5 turns it off to measure that cost.
+RATE_LIMIT_ENV = {
+    "LEADSTREAM_RATE_LIMIT_PER_SECOND": "1000000",
+    "LEADSTREAM_RATE_LIMIT_BURST": "1000000",
+}
 
 
 @contextlib.contextmanager
@@ -116,6 +123,7 @@ def run(config: Config) -> Results:
             migrate_database(services.database_url)
         settings = Settings(database_url=services.database_url, redis_url=services.redis_url)
         token = asyncio.run(make_tenant(settings))
+        site_key = asyncio.run(make_site_key(settings))
         results.machine = machine_info(services.database_url, services.redis_url)
         env = {
             **os.environ,
@@ -124,8 +132,18 @@ def run(config: Config) -> Results:
             "LEADSTREAM_LOG_LEVEL": config.log_level,
             "LEADSTREAM_LOG_FORMAT": "json",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            **RATE_LIMIT_ENV,
         }
-        s = Stack(config, env, workdir, services.database_url, services.redis_url, token, run_id)
+        s = Stack(
+            config,
+            env,
+            workdir,
+            services.database_url,
+            services.redis_url,
+            token,
+            run_id,
+            site_key=site_key,
+        )
         stack.callback(s.stop_extra)
 
         with results.step("(c) Redis LPUSH"):
@@ -145,11 +163,21 @@ def run(config: Config) -> Results:
                 s.api_url, s, "ingest", pid=s.api.pid
             )
             results.memory["api_after_reference"] = procs.rss_bytes([s.api.pid])
+        with results.step("(b5) ingest API, rate limiter off"), ExitStack() as off_stack:
+            off = {"LEADSTREAM_RATE_LIMIT_PER_SECOND": "0"}
+            _, off_url = start_uvicorn(
+                off_stack, s, "api-unlimited", API_APP, factory=True, env=off
+            )
+            results.ingest_unlimited, _ = reference(off_url, s, "ingest-unlimited")
         with results.step("(b2) ingest API, batches"):
             results.ingest_batch, _ = reference(
                 s.api_url, s, "ingest-batch", batch=BATCH_REFERENCE_SIZE
             )
             results.memory["api_after_batch_reference"] = procs.rss_bytes([s.api.pid])
+        with results.step("(b3) pixel"):
+            results.pixel, _ = reference(s.api_url, s, "pixel", script="pixel.lua")
+        with results.step("(b4) beacon"):
+            results.beacon, _ = reference(s.api_url, s, "beacon", script="beacon.lua")
             # wrk leaves up to -c requests in flight when it stops; the API still queues them.
             wait_api_idle(s.api_url)
             flush_redis(services.redis_url)  # no worker ran: those queued events must not count

@@ -24,7 +24,11 @@ from bench.procs import Child
 from bench.results import Config
 from ops import local_services, processes
 from ops.processes import REPO
+from shared.db.sites import create_site
+from shared.db.tenants import ensure_tenant
 from shared.settings import Settings
+
+BENCH_ORIGIN = "https://bench.example"  # bench/lua/beacon.lua's Origin
 
 # Services and fixtures ------------------------------------------------------------------------
 
@@ -66,6 +70,18 @@ async def make_tenant(settings: Settings) -> str:
     finally:
         await engine.dispose()
     return token
+
+
+async def make_site_key(settings: Settings) -> str:
+    """A site key of the bench's tenant, for the pixel and beacon references."""
+    engine = create_async_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            tenant_id = await ensure_tenant(conn, name="bench", default_region="US")
+            site = await create_site(conn, tenant_id=tenant_id, origins=[BENCH_ORIGIN])
+    finally:
+        await engine.dispose()
+    return site.key
 
 
 def _version(argv: list[str]) -> str:
@@ -135,6 +151,7 @@ class Stack:
     redis_url: str
     token: str
     run_id: str
+    site_key: str = ""
     api: Child | None = None
     api_url: str = ""
     worker: Child | None = None
@@ -146,11 +163,20 @@ class Stack:
 
 
 def start_uvicorn(
-    stack: ExitStack, s: Stack, name: str, app: str, *, factory: bool = False
+    stack: ExitStack,
+    s: Stack,
+    name: str,
+    app: str,
+    *,
+    factory: bool = False,
+    env: dict[str, str] | None = None,
 ) -> tuple[Child, str]:
+    """`app` on a free port, with the stack's environment (and `env` over it)."""
     port = processes.free_port()
     argv = processes.api_argv(port=port, app=app, factory=factory)
-    child = procs.spawn(name, argv, env=s.env, cwd=REPO, log=s.workdir / f"{name}.log")
+    child = procs.spawn(
+        name, argv, env={**s.env, **(env or {})}, cwd=REPO, log=s.workdir / f"{name}.log"
+    )
     stack.callback(procs.stop, child)
     procs.wait_for_port(child, port, timeout=30)
     return child, f"http://127.0.0.1:{port}"

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from ingest_api.intake import BATCH_BODY_LIMIT, BATCH_MAX_EVENTS, EVENT_BODY_LIMIT
 from ingest_api.paths import BATCH_PATH, EVENTS_PATH
+from ingest_api.sources import beacon, pixel
 from shared.contract.events import EventIn
 from shared.contract.problems import Problem
 from shared.settings import Settings
@@ -45,10 +46,25 @@ PROBLEMS = problems(
         413: f"Body over {EVENT_BODY_LIMIT // 1024} KB ({BATCH_BODY_LIMIT // 1024} KB batch)",
         415: "Not application/json, or a Content-Encoding other than gzip or identity",
         422: "Invalid event: every wrong field in errors[].loc",
+        429: "Over the token's rate limit: Retry-After and RateLimit-* headers",
         503: (
             "Queue unavailable, the token's tenant cannot be checked, or the API is starting:"
             " retry after Retry-After seconds"
         ),
+    }
+)
+BEACON_PROBLEMS = problems(
+    {
+        400: "Malformed JSON",
+        401: "Unknown or revoked site key",
+        403: "An Origin the site does not list",
+        405: "Not POST or OPTIONS",
+        408: "The body did not arrive within LEADSTREAM_BODY_TIMEOUT_SECONDS",
+        413: f"Body over {beacon.BODY_LIMIT // 1024} KB",
+        415: "Not text/plain or application/json",
+        422: "Invalid event: every wrong field in errors[].loc",
+        429: "Over the site key's rate limit: Retry-After and RateLimit-* headers",
+        503: "Queue unavailable, or the key cannot be checked now: retry after Retry-After",
     }
 )
 
@@ -181,4 +197,113 @@ def openapi_paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]
             **errors,
         },
     }
-    return {EVENTS_PATH: {"post": single}, BATCH_PATH: {"post": batch}}
+    return {
+        EVENTS_PATH: {"post": single},
+        BATCH_PATH: {"post": batch},
+        pixel.PIXEL_PATH: {"get": _pixel_operation()},
+        beacon.BEACON_PATH: _beacon_operations(),
+    }
+
+
+def _site_key_parameter() -> dict[str, Any]:
+    return {
+        "name": "k",
+        "in": "query",
+        "required": True,
+        "description": "The site key (`leadstream site create`)",
+        "schema": {"type": "string"},
+    }
+
+
+def _pixel_operation() -> dict[str, Any]:
+    notes = {
+        "t": f" (default `{pixel.DEFAULT_TYPE}`)",
+        "u": " (default: the `Referer` header)",
+        "e": " (one e-mail)",
+        "p": " (one phone)",
+        "d": " (an integer)",
+        "ts": " (ISO 8601, or Unix milliseconds)",
+    }
+    parameters = [
+        _site_key_parameter(),
+        *(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": f"`{'.'.join(path)}`{notes.get(name, '')}",
+                "schema": {"type": "string"},
+            }
+            for name, (path, _) in pixel.PARAMS.items()
+        ),
+        {
+            "name": f"{pixel.METADATA_PREFIX}<name>",
+            "in": "query",
+            "required": False,
+            "description": "`metadata.<name>` (a string); repeat with other names",
+            "schema": {"type": "string"},
+        },
+    ]
+    return {
+        "tags": ["browser"],
+        "summary": "Tracking pixel",
+        "description": (
+            "Queue one event from an image URL. Always answers the same 43-byte transparent"
+            " GIF with `Cache-Control: no-store`, also when it refuses the event (bad input,"
+            " unknown key, an Origin the site does not list, over the rate limit, queue"
+            " down): refusals are counted in `leadstream_pixel_refused_total{reason}` and"
+            " logged. `Referer`, `User-Agent` and the client's address (after the site's IP"
+            " policy) fill the event where the query does not. Unknown parameters are"
+            f" ignored; at most {pixel.QUERY_LIMIT // 1024} KB of query and"
+            f" {pixel.MAX_PARAMS} parameters."
+        ),
+        "operationId": "pixel",
+        "parameters": parameters,
+        "responses": {
+            "200": {
+                "description": "The transparent GIF, whatever happened",
+                "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    }
+
+
+def _beacon_operations() -> dict[str, Any]:
+    event = {"schema": {"$ref": "#/components/schemas/EventIn"}}
+    post = {
+        "tags": ["browser"],
+        "summary": "Beacon",
+        "description": (
+            "Queue one event sent by `navigator.sendBeacon` (or `fetch`): the event JSON as"
+            f" `text/plain` or `application/json`, at most {beacon.BODY_LIMIT // 1024} KB."
+            " An allowed origin gets `Access-Control-Allow-Origin` and `Vary: Origin` on every"
+            " answer. `Referer`, `User-Agent` and the client's address (after the site's IP"
+            " policy) fill the event where it does not say."
+        ),
+        "operationId": "beacon",
+        "parameters": [_site_key_parameter()],
+        "requestBody": {
+            "required": True,
+            "content": {"text/plain": event, "application/json": event},
+        },
+        "responses": {
+            "204": {"description": "Queued"},
+            **{str(code): value for code, value in BEACON_PROBLEMS.items()},
+        },
+    }
+    preflight = {
+        "tags": ["browser"],
+        "summary": "Beacon CORS preflight",
+        "description": "Answered for the site's allowed origins only.",
+        "operationId": "beacon_preflight",
+        "parameters": [_site_key_parameter()],
+        "responses": {
+            "204": {"description": "Allowed: Access-Control-Allow-* headers"},
+            **{
+                str(code): value
+                for code, value in BEACON_PROBLEMS.items()
+                if code in {401, 403, 503}
+            },
+        },
+    }
+    return {"post": post, "options": preflight}

@@ -3,8 +3,13 @@
 `RateLimiter.check(name, rate, burst)` answers whether one more request may pass. Each bucket
 lives in Redis (so every API process shares it) and is updated by one Lua script, atomically,
 with Redis' own clock. The checks made during one event-loop tick go out together, as one
-script call (one round trip) for all of them, like the enqueuer coalesces its writes: under
-load the limiter adds a fraction of a round trip per request.
+script call (one round trip) for all of them, like the enqueuer coalesces its writes, and the
+checks of one bucket as one entry asking for several tokens; a large bucket also lends the
+process a few tokens (`LEASE_FRACTION` of its burst, for `LEASE_SECONDS`) that the next checks
+take without a round trip. Under load the limiter adds a fraction of a round trip per request,
+and Redis' work grows with the buckets, not the requests. The price of leasing: tokens a process
+leased and did not use within the second are lost, so a client spread over many processes may be
+admitted slightly less than its rate, never more.
 
 Fail-open: if Redis does not answer within the enqueue timeout, the request passes (counted in
 `leadstream_rate_limiter_failures_total` and logged). A Redis that is down refuses the enqueue
@@ -13,6 +18,7 @@ anyway (503); one that is only slow must not turn every request into an error of
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -29,17 +35,19 @@ LIMITER_FAILURES = Counter(
     "leadstream_rate_limiter_failures_total", "Checks let through because Redis did not answer"
 )
 
-# KEYS[i] is a bucket; ARGV[2i-1] and ARGV[2i] are its rate (tokens/s) and burst (capacity).
-# A bucket is a hash {tokens, ms}: what it held at that Redis time. It expires once it would be
-# full again, so idle keys cost no memory. Per bucket: allowed (0/1), whole tokens left,
-# milliseconds until one token, milliseconds until full.
+# KEYS[i] is a bucket; ARGV[3i-2], ARGV[3i-1], ARGV[3i] are its rate (tokens/s), burst
+# (capacity) and the requests asking for a token now. A bucket is a hash {tokens, ms}: what it
+# held at that Redis time. It expires once it would be full again, so idle keys cost no memory.
+# Per bucket: requests granted, whole tokens left, milliseconds until the next token,
+# milliseconds until full.
 _SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 local out = {}
 for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
+  local rate = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local asked = tonumber(ARGV[3 * i])
   local held = redis.call('HMGET', key, 'tokens', 'ms')
   local tokens = tonumber(held[1])
   local since = tonumber(held[2])
@@ -48,24 +56,20 @@ for i, key in ipairs(KEYS) do
   else
     tokens = math.min(burst, tokens + math.max(0, now - since) * rate / 1000)
   end
-  local allowed, wait = 0, 0
-  if tokens >= 1 then
-    tokens = tokens - 1
-    allowed = 1
-  else
-    wait = math.ceil((1 - tokens) * 1000 / rate)
-  end
+  local granted = math.min(asked, math.floor(tokens))
+  tokens = tokens - granted
   local full = math.ceil((burst - tokens) * 1000 / rate)
   redis.call('HSET', key, 'tokens', tostring(tokens), 'ms', now)
   redis.call('PEXPIRE', key, full + 1000)
-  out[#out + 1] = allowed
+  out[#out + 1] = granted
   out[#out + 1] = math.floor(tokens)
-  out[#out + 1] = wait
+  out[#out + 1] = math.ceil((1 - (tokens - math.floor(tokens))) * 1000 / rate)
   out[#out + 1] = full
 end
 return out
 """
 KEY_PREFIX = "ls:rate:"
+RATE_LIMIT_HEADERS = ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,14 @@ class _Check:
     done: asyncio.Future[Decision]
 
 
+# A bucket whose burst is at least LEASE_FRACTION⁻¹ tokens lends a process up to that fraction of
+# it in one call, for LEASE_SECONDS: the checks that follow take a leased token without a round
+# trip. Small buckets (a site limited to a few requests) lease nothing: they stay exact.
+LEASE_FRACTION = 0.05
+LEASE_SECONDS = 1.0
+MAX_LEASES = 10_000
+
+
 class RateLimiter:
     """Token buckets, checked in one Redis round trip per event-loop tick."""
 
@@ -119,6 +131,7 @@ class RateLimiter:
         self.rate, self.burst = rate, burst
         self._script = client.register_script(_SCRIPT)
         self._pending: list[_Check] = []
+        self._leased: dict[str, tuple[int, float]] = {}  # key → (tokens, until when)
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -131,8 +144,19 @@ class RateLimiter:
         burst = self.burst if burst is None else burst
         if rate <= 0:
             return Decision(True, burst, burst, 0.0, 0.0)
+        key = KEY_PREFIX + name
+        leased = self._leased.get(key)
+        if leased is not None:
+            tokens, until = leased
+            if until > time.monotonic():
+                if tokens > 1:
+                    self._leased[key] = (tokens - 1, until)
+                else:
+                    del self._leased[key]
+                return Decision(True, burst, tokens - 1, 0.0, 0.0)
+            del self._leased[key]
         done: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Check(KEY_PREFIX + name, rate, burst, done))
+        self._pending.append(_Check(key, rate, burst, done))
         if not self._flushing:
             self._flushing = True
             task = asyncio.create_task(self._drain())
@@ -145,11 +169,23 @@ class RateLimiter:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                buckets: dict[str, list[_Check]] = {}
+                for check in batch:
+                    buckets.setdefault(check.key, []).append(check)
+                # One bucket's checks share its first one's rate and burst (a key has one).
                 try:
                     async with asyncio.timeout(self._timeout):
                         answer = await self._script(
-                            keys=[check.key for check in batch],
-                            args=[x for check in batch for x in (check.rate, check.burst)],
+                            keys=list(buckets),
+                            args=[
+                                x
+                                for checks in buckets.values()
+                                for x in (
+                                    checks[0].rate,
+                                    checks[0].burst,
+                                    max(len(checks), int(checks[0].burst * LEASE_FRACTION)),
+                                )
+                            ],
                         )
                 except (RedisError, OSError, TimeoutError) as exc:
                     LIMITER_FAILURES.inc(len(batch))
@@ -162,18 +198,26 @@ class RateLimiter:
                         if not check.done.done():
                             check.done.set_exception(exc)
                     raise
-                for i, check in enumerate(batch):
-                    allowed, remaining, wait_ms, full_ms = answer[4 * i : 4 * i + 4]
-                    _settle(
-                        check,
-                        Decision(
-                            bool(allowed),
-                            check.burst,
-                            int(remaining),
-                            wait_ms / 1000,
-                            full_ms / 1000,
-                        ),
-                    )
+                now = time.monotonic()
+                until = now + LEASE_SECONDS
+                if len(self._leased) > MAX_LEASES:  # keys checked once are forgotten here
+                    self._leased = {k: v for k, v in self._leased.items() if v[1] > now}
+                for i, (key, checks) in enumerate(buckets.items()):
+                    granted, remaining, wait_ms, full_ms = answer[4 * i : 4 * i + 4]
+                    if granted > len(checks):
+                        self._leased[key] = (granted - len(checks), until)
+                    for n, check in enumerate(checks):
+                        allowed = n < granted
+                        _settle(
+                            check,
+                            Decision(
+                                allowed,
+                                check.burst,
+                                int(remaining) + (granted - 1 - n if allowed else 0),
+                                0.0 if allowed else wait_ms / 1000,
+                                full_ms / 1000,
+                            ),
+                        )
         finally:
             self._flushing = False
 

@@ -7,8 +7,6 @@ list is refused (403) before its body is read; an allowed origin gets CORS heade
 answer, and its `OPTIONS` preflights are answered (403 for any other origin).
 """
 
-from urllib.parse import parse_qsl
-
 import structlog
 from pydantic import ValidationError
 
@@ -21,8 +19,8 @@ from ingest_api.problems import (
     problem_response,
     validation_problem,
 )
-from ingest_api.rate_limit import too_many_requests
-from ingest_api.sources.browser import RequestFacts, complete, cors_headers
+from ingest_api.rate_limit import RATE_LIMIT_HEADERS, too_many_requests
+from ingest_api.sources.browser import RequestFacts, complete, cors_headers, query_params
 from ingest_api.sources.site_keys import SiteKeysUnavailableError, origin_allowed
 from ingest_api.state import IngestState
 from shared.contract.events import EventIn
@@ -96,6 +94,8 @@ async def serve_beacon(
         return
     except ProblemError as exc:
         exc.headers = {**(exc.headers or {}), **cors}
+        if cors and exc.status == 429:  # so the page's script may read when to retry
+            exc.headers["Access-Control-Expose-Headers"] = ", ".join(RATE_LIMIT_HEADERS)
         await problem_error_response(exc)(scope, receive, send)
     except Exception:
         log.exception("beacon.error")
@@ -130,11 +130,8 @@ def _key(scope: Scope) -> str | None:
     query: bytes = scope.get("query_string", b"")
     if len(query) > QUERY_LIMIT:
         return None
-    try:
-        params = parse_qsl(query.decode("latin-1"), max_num_fields=MAX_PARAMS)
-    except ValueError:
-        return None
-    return next((value for name, value in params if name == "k"), None)
+    params = query_params(query, MAX_PARAMS)
+    return params.get("k") if params is not None else None
 
 
 async def _preflight(

@@ -8,8 +8,10 @@ enough for a region, not a household; `drop` stores none. The policy applies to 
 the event would store, sent or seen.
 """
 
+import functools
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from urllib.parse import unquote_plus
 
 from ingest_api.asgi import Scope
 from shared.contract.events import EventIn
@@ -19,6 +21,8 @@ UA_LIMIT = 1024  # EventIn.user_agent's own limit
 URL_LIMIT = 2048  # EventIn's Url limit
 
 Address = IPv4Address | IPv6Address
+_IPV4_KEPT = (2**32 - 1) ^ (2**8 - 1)  # /24
+_IPV6_KEPT = (2**128 - 1) ^ (2**80 - 1)  # /48
 
 
 def apply_ip_policy(address: Address | None, policy: IpPolicy) -> Address | None:
@@ -29,8 +33,40 @@ def apply_ip_policy(address: Address | None, policy: IpPolicy) -> Address | None
         return address
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    prefix = 24 if isinstance(address, IPv4Address) else 48
-    return ip_network(f"{address}/{prefix}", strict=False).network_address
+    # Masked as integers: ip_network() parses a string, ten times the cost, on every request.
+    if isinstance(address, IPv4Address):
+        return IPv4Address(int(address) & _IPV4_KEPT)
+    return IPv6Address(int(address) & _IPV6_KEPT)
+
+
+def query_params(query: bytes, max_params: int) -> dict[str, str] | None:
+    """The query's parameters (the last of a repeated name wins); None beyond `max_params`.
+
+    parse_qsl's result, at a fraction of its cost: only what is escaped is unescaped.
+    """
+    parts = query.decode("latin-1").split("&")
+    if len(parts) > max_params:
+        return None
+    params: dict[str, str] = {}
+    for part in parts:
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name = unquote_plus(name, errors="replace")
+            value = unquote_plus(value, errors="replace")
+        if value:  # blank values are absent, as parse_qsl leaves them
+            params[name] = value
+    return params
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(host: str) -> Address | None:
+    # Parsing costs more than the rest of the request's facts; clients send many requests.
+    try:
+        return ip_address(host)
+    except ValueError:  # a Unix socket's peer, or a test client's name
+        return None
 
 
 @dataclass(frozen=True)
@@ -46,10 +82,7 @@ class RequestFacts:
         # scope["client"] is the peer, or (behind a proxy uvicorn trusts, --forwarded-allow-ips)
         # the address the proxy forwarded.
         client = scope.get("client")
-        try:
-            address = ip_address(client[0]) if client else None
-        except ValueError:  # a Unix socket's peer, or a test client's name
-            address = None
+        address = _address(client[0]) if client else None
         agent = headers.get(b"user-agent")
         referer = headers.get(b"referer")
         return cls(

@@ -14,7 +14,6 @@ The parameters (`PARAMS`; unknown ones, such as cache busters, are ignored) map 
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 import structlog
 from prometheus_client import Counter
@@ -23,7 +22,7 @@ from pydantic import ValidationError
 from ingest_api.asgi import Receive, Scope, Send
 from ingest_api.handoff import queue_event
 from ingest_api.problems import ProblemError, problem_error_response
-from ingest_api.sources.browser import RequestFacts, complete
+from ingest_api.sources.browser import RequestFacts, complete, query_params
 from ingest_api.sources.site_keys import SiteKeysUnavailableError, origin_allowed
 from ingest_api.state import IngestState
 from shared.contract.events import EventIn
@@ -121,11 +120,8 @@ async def _queue(state: IngestState | None, scope: Scope) -> str | None:
     if len(query) > QUERY_LIMIT:
         log.info("pixel.refused", reason="too_long", length=len(query))
         return "too_long"
-    try:
-        params = dict(
-            parse_qsl(query.decode("latin-1"), max_num_fields=MAX_PARAMS, errors="replace")
-        )
-    except ValueError:
+    params = query_params(query, MAX_PARAMS)
+    if params is None:
         log.info("pixel.refused", reason="too_many_params")
         return "too_many_params"
     try:
