@@ -52,7 +52,8 @@ class SiteKeys:
         self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
 
     async def find(self, key: str | None) -> Site | None:
-        """The active site `key` names; None for a malformed, unknown or revoked key."""
+        """The active site `key` names; None for a malformed, unknown or revoked key, or one whose
+        tenant is disabled."""
         if key is None or not KEY_SHAPE.fullmatch(key):
             return None
         entry = self._entries.get(key)
@@ -83,7 +84,8 @@ class SiteKeys:
             # PostgreSQL cannot answer now; each door decides what that means for its sender.
             log.warning("site_keys.unavailable", error=str(exc) or type(exc).__name__)
             raise SiteKeysUnavailableError(type(exc).__name__) from None
-        active = site if site is not None and site.revoked_at is None else None
+        usable = site is not None and site.revoked_at is None and site.tenant_active
+        active = site if usable else None
         self._entries[key] = (active, self._clock() + self._ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:

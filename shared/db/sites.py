@@ -31,6 +31,8 @@ class Site:
     rate_burst: int | None
     created_at: datetime
     revoked_at: datetime | None
+    # A disabled tenant's keys write nothing (`leadstream tenant disable`), like its tokens.
+    tenant_active: bool = True
 
 
 def new_site_key() -> str:
@@ -55,7 +57,7 @@ def normalize_origin(value: str) -> str:
     return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port and port != default else "")
 
 
-def _site(row: Row[Any]) -> Site:
+def _site(row: Row[Any], *, tenant_active: bool = True) -> Site:
     return Site(
         key=row.key,
         tenant_id=row.tenant_id,
@@ -65,6 +67,7 @@ def _site(row: Row[Any]) -> Site:
         rate_burst=row.rate_burst,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        tenant_active=tenant_active,
     )
 
 
@@ -97,9 +100,16 @@ async def create_site(
 
 
 async def find_site(conn: AsyncConnection, key: str) -> Site | None:
-    """The site of `key`, revoked or not; None for a key that never existed."""
-    row = (await conn.execute(select(sites_t).where(sites_t.c.key == key))).one_or_none()
-    return _site(row) if row is not None else None
+    """The site of `key`, revoked or not, and whether its tenant is active; None for a key that
+    never existed."""
+    row = (
+        await conn.execute(
+            select(sites_t, tenants_t.c.active)
+            .join(tenants_t, tenants_t.c.id == sites_t.c.tenant_id)
+            .where(sites_t.c.key == key)
+        )
+    ).one_or_none()
+    return _site(row, tenant_active=row.active) if row is not None else None
 
 
 async def list_sites(conn: AsyncConnection, *, tenant_id: UUID | None = None) -> list[Site]:

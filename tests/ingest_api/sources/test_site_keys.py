@@ -1,4 +1,4 @@
-"""The site-key cache on the real PostgreSQL: found once, revoked within the TTL, malformed keys
+"""The site-key cache on the real PostgreSQL: found once, revoked (or its tenant disabled) within the TTL, malformed keys
 never queried, the last answer kept while PostgreSQL is away."""
 
 import pytest
@@ -8,6 +8,7 @@ from ingest_api.sources.site_keys import SiteKeys, SiteKeysUnavailableError, ori
 from ops.processes import free_port
 from shared.db.engine import create_engine
 from shared.db.sites import normalize_origin, revoke_site
+from shared.db.tenants import set_tenant_active
 from shared.settings import Settings
 from tests.support.sites import ORIGIN, make_site
 from tests.support.tenants import Tenant
@@ -35,6 +36,19 @@ async def test_a_revoked_key_stops_working_once_its_entry_expires(
     clock.now += 29
     assert await keys.find(site.key) == found  # cached: documented as up to the TTL
     clock.now += 2
+    assert await keys.find(site.key) is None
+
+
+async def test_a_disabled_tenants_key_stops_working_once_its_entry_expires(
+    engine: AsyncEngine, tenant: Tenant
+) -> None:
+    site = await make_site(engine, tenant.id)
+    clock = Clock()
+    keys = SiteKeys(engine, ttl=30, max_entries=10, timeout=5, clock=clock)
+    assert await keys.find(site.key) is not None
+    async with engine.begin() as conn:
+        assert await set_tenant_active(conn, name=tenant.name, active=False) == tenant.id
+    clock.now += 31
     assert await keys.find(site.key) is None
 
 
