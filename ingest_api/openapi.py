@@ -44,7 +44,8 @@ PROBLEMS = problems(
         408: "The body did not arrive within LEADSTREAM_BODY_TIMEOUT_SECONDS",
         413: f"Body over {EVENT_BODY_LIMIT // 1024} KB ({BATCH_BODY_LIMIT // 1024} KB batch)",
         415: "Not application/json",
-        422: "Invalid event: every wrong field in errors[].loc",
+        422: "Invalid event: every wrong field in errors[].loc (an Idempotency-Key reused with"
+        " a different event: loc header, Idempotency-Key)",
         503: "Queue unavailable, or the API is starting: retry after Retry-After seconds",
     }
 )
@@ -146,7 +147,8 @@ def openapi_paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]
                 "required": False,
                 "description": (
                     f"Same key, same tenant, {_duration(settings.idempotency_ttl_seconds)}:"
-                    " the first event's id, nothing new"
+                    " the first event's id, nothing new; the same key with a different event"
+                    " (sentAt aside) is a 422"
                 ),
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
             },

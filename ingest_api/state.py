@@ -18,10 +18,12 @@ class IngestState:
     settings: Settings
     token_verifier: TokenVerifier
     migration_head: str | None
-    redis: aioredis.Redis
+    redis: aioredis.Redis  # reads only (GET routes, /readyz): the writes have their own pool
     enqueuer: Enqueuer
     waiter: OutcomeWaiter
     engine: AsyncEngine
+    # Set at start-up and by the periodic recheck: why Redis may evict queued events.
+    redis_policy_problem: str | None = None
 
 
 async def _state(request: Request) -> IngestState:

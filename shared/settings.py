@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     max_waiters_per_process: int = Field(1000, ge=0)
     # A request body must have arrived within this (408 otherwise): a slow sender holds nothing.
     body_timeout_seconds: float = Field(10.0, gt=0, le=30)
-    # How long the API waits for Redis before answering 503: it must never hang.
+    # The broker's time for one write, counted from the moment it is sent (a large write gets
+    # more): past it Redis refuses the write and the API answers 503. It never hangs: a 503
+    # comes within 2x this plus 0.25 s (getting a connection, then the reply's margin).
     enqueue_timeout_seconds: float = Field(0.5, gt=0)
     enqueue_max_events_per_message: int = Field(200, ge=1, le=1000)
     # How long a page view waits for others to share its queue message (leads never wait),
@@ -53,6 +55,9 @@ class Settings(BaseSettings):
     queued_marker_ttl_seconds: int = 7 * 24 * 3600
     outcome_ttl_seconds: int = 3600
     idempotency_ttl_seconds: int = 24 * 3600
+    # The operator vouches for noeviction where Redis refuses CONFIG GET (managed services).
+    redis_policy_checked: bool = False
+    redis_policy_recheck_seconds: float = Field(60.0, gt=0)
     outcome_stream_maxlen: int = 100_000
 
     worker_concurrency: int = Field(2, ge=1)

@@ -20,7 +20,7 @@ async def readyz(state: StateDep) -> Response:
     checks: dict[str, str] = {}
     try:
         await state.redis.ping()
-        checks["redis"] = "ok"
+        checks["redis"] = state.redis_policy_problem or "ok"
     except Exception as exc:
         checks["redis"] = f"error: {exc}"
     try:
