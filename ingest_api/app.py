@@ -103,7 +103,12 @@ async def check_redis_clock(client: aioredis.Redis, settings: Settings) -> None:
 
 
 def _redis(
-    settings: Settings, *, timeout: float | None, max_connections: int, pool_timeout: float | None
+    settings: Settings,
+    *,
+    timeout: float | None,
+    connect_timeout: float | None,
+    max_connections: int,
+    pool_timeout: float,
 ) -> aioredis.Redis:
     # No client-side retries: a slow or absent Redis must turn into a quick 503, not a hang.
     # A blocking pool: a burst waits up to `pool_timeout` for a connection instead of failing.
@@ -112,7 +117,7 @@ def _redis(
         max_connections=max_connections,
         timeout=pool_timeout,
         socket_timeout=timeout,
-        socket_connect_timeout=settings.enqueue_timeout_seconds,
+        socket_connect_timeout=connect_timeout,
         retry=Retry(NoBackoff(), 0),
     )
     return aioredis.Redis(connection_pool=pool)
@@ -154,14 +159,29 @@ def create_app(settings: Settings | None = None) -> Intake:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = settings.enqueue_timeout_seconds
-        # Writes: no socket timeout (the writer bounds its calls itself, see RedisWriter);
-        # a connection is waited for up to the enqueue timeout.
-        client = _redis(settings, timeout=None, max_connections=64, pool_timeout=timeout)
+        # Writes: no socket or connect timeout (RedisWriter bounds its calls itself, so that
+        # a loaded event loop is not taken for a slow Redis); a connection is waited for up to
+        # the enqueue timeout.
+        client = _redis(
+            settings, timeout=None, connect_timeout=None, max_connections=64, pool_timeout=timeout
+        )
         # Reads (GET routes, /readyz) have a pool of their own: a burst of writes cannot
         # starve them, nor make /readyz call a healthy Redis down.
-        reads = _redis(settings, timeout=timeout, max_connections=16, pool_timeout=timeout)
+        reads = _redis(
+            settings,
+            timeout=timeout,
+            connect_timeout=timeout,
+            max_connections=16,
+            pool_timeout=timeout,
+        )
         waiter = OutcomeWaiter(
-            _redis(settings, timeout=None, max_connections=64, pool_timeout=timeout),
+            _redis(
+                settings,
+                timeout=None,
+                connect_timeout=timeout,
+                max_connections=64,
+                pool_timeout=timeout,
+            ),
             max_waiters=settings.max_waiters_per_process,
         )
         policy_problem = await check_redis_eviction(client, settings)

@@ -153,9 +153,15 @@ class RedisWriter:
         """The client belongs to the caller."""
 
     async def _run(self, keys: list[Any], args: list[Any], timeout: float) -> Any:
+        # A connection that is ready when the timer fires counts, as a reply does: checking
+        # one out takes a turn of the event loop, which a loaded process makes long.
+        acquiring = asyncio.ensure_future(self._pool.get_connection())
+        await asyncio.wait({acquiring}, timeout=timeout)
+        if not acquiring.done():
+            acquiring.cancel()
+            raise QueueUnavailableError("the queue is unavailable: no connection in time")
         try:
-            async with asyncio.timeout(timeout):
-                connection = await self._pool.get_connection()
+            connection = acquiring.result()
         except _REDIS_ERRORS as exc:
             raise QueueUnavailableError(f"the queue is unavailable: {exc!r}") from None
         try:
