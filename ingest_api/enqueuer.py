@@ -18,6 +18,11 @@ from shared.contract.queues import Envelope
 Taken = bytes | None  # the record of the key that named another event, or None: queued
 
 
+def _give_up(done: asyncio.Future[Taken]) -> None:
+    if not done.done():
+        done.set_exception(QueueUnavailableError("the queue did not answer in time"))
+
+
 @dataclass
 class _Lane:
     """Events waiting for one queue, and whether a write to it is in flight."""
@@ -74,10 +79,11 @@ class Enqueuer:
             task.add_done_callback(self._tasks.discard)
         # The writer answers by its bound: this only guards against one that does not. An
         # answer that is there when the timer fires still counts.
-        await asyncio.wait({done}, timeout=lane.linger + write_bound(self._timeout))
-        if not done.done():
-            raise QueueUnavailableError("the queue did not answer in time")
-        return done.result()
+        timer = done.get_loop().call_later(lane.linger + write_bound(self._timeout), _give_up, done)
+        try:
+            return await done
+        finally:
+            timer.cancel()
 
     async def enqueue_all(self, by_queue: dict[str, list[Envelope]]) -> None:
         """Queue a client's batch now, in one write: all of it, or (QueueUnavailableError)
