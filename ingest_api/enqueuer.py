@@ -41,7 +41,8 @@ class Enqueuer:
     """Coalesces concurrent enqueues into one broker write per queue.
 
     Each write gives the broker `timeout` seconds from the moment it is sent, and its writer
-    answers within `write_bound(timeout)`; a caller waits that long (plus its linger) at most.
+    answers within `write_bound(timeout)`; a caller waits for the write in flight, its linger
+    and its own write at most.
     QueueUnavailableError means 503; any other exception is a bug and reaches the caller as
     itself.
     """
@@ -77,9 +78,11 @@ class Enqueuer:
             task = asyncio.create_task(self._drain(lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        # The writer answers by its bound: this only guards against one that does not. An
-        # answer that is there when the timer fires still counts.
-        timer = done.get_loop().call_later(lane.linger + write_bound(self._timeout), _give_up, done)
+        # The writer answers by its bound, and this caller's write waits at most for the one in
+        # flight: the guard fires only for a writer that breaks its bound, never while a write
+        # that may still succeed is in flight (that 503 would be a lie).
+        guard = lane.linger + 2 * write_bound(self._timeout)
+        timer = done.get_loop().call_later(guard, _give_up, done)
         try:
             return await done
         finally:

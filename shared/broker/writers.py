@@ -172,7 +172,8 @@ class RedisWriter:
                 await self._reply(connection, time.time() + timeout)
                 return await self._evalsha(connection, keys, args, timeout)
         except _REDIS_ERRORS as exc:
-            await connection.disconnect()
+            # nowait: closing must not wait for a hung Redis to take what is still buffered.
+            await connection.disconnect(nowait=True)
             raise QueueUnavailableError(f"the queue is unavailable: {exc!r}") from None
         finally:
             await self._pool.release(connection)
@@ -185,9 +186,12 @@ class RedisWriter:
         # No await between the deadline and the bytes leaving (no health check, and the
         # connection has no socket timeout, whose wait_for would yield first): a stalled event
         # loop cannot eat the broker's time.
-        await connection.send_command(
-            "EVALSHA", self._sha, len(keys), *keys, *args, check_health=False
-        )
+        # A hung Redis stops reading: a write larger than the socket buffers waits in drain(),
+        # unsent, so Redis cannot run it in time, and a 503 is honest.
+        async with asyncio.timeout(timeout + REPLY_MARGIN):
+            await connection.send_command(
+                "EVALSHA", self._sha, len(keys), *keys, *args, check_health=False
+            )
         return await self._reply(connection, deadline)
 
     @staticmethod
