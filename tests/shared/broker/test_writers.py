@@ -216,3 +216,37 @@ async def test_a_refused_kombu_publish_leaves_no_marker_and_frees_the_key(
         assert await client.exists(claim.key) == 0
     finally:
         await writer.close()
+
+
+async def test_kombu_claims_keys_like_the_redis_writer(
+    client: aioredis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = uuid.uuid4()
+    first, second, third = (_envelope(tenant) for _ in range(3))
+    published: list[str] = []
+    writer = KombuWriter(
+        client,
+        settings.redis_url,
+        marker_ttl=60,
+        key_ttl=30,
+        max_events_per_message=200,
+        connect_timeout=5,
+    )
+    monkeypatch.setattr(
+        writer,
+        "_publish",
+        lambda queue, chunks: published.extend(w["id"] for c in chunks for w in c),
+    )
+    key = f"order-{uuid.uuid4().hex}"
+    claim = _claim(tenant, key, first)
+    try:
+        assert await writer.write({"leads": [first]}, 10, {first.id: claim}) == {}
+        taken = await writer.write(
+            {"leads": [second, third]}, 10, {second.id: _claim(tenant, key, second)}
+        )
+    finally:
+        await writer.close()
+    assert taken == {second.id: claim.record}
+    assert published == [str(first.id), str(third.id)]
+    assert 0 < await client.ttl(claim.key) <= 30
+    assert await client.exists(event_key(second.id)) == 0
