@@ -1,5 +1,6 @@
 """The app factory: `uvicorn ingest_api.app:create_app --factory`."""
 
+import asyncio
 import gc
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 from fastapi_offline import FastAPIOffline
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,18 +45,58 @@ log = structlog.get_logger(__name__)
 TENANT_READ_TIMEOUT_SECONDS = 2.0
 
 
-async def check_redis_eviction(client: aioredis.Redis, settings: Settings) -> None:
-    """Eviction silently deletes queued events: refuse it in production, warn loudly in dev."""
+async def redis_policy_problem(client: aioredis.Redis, settings: Settings) -> str | None:
+    """Why queued events may be evicted (lost), or None for `noeviction`.
+
+    A policy that cannot be read (a managed Redis that refuses CONFIG) counts as evicting,
+    unless the operator confirmed noeviction with LEADSTREAM_REDIS_POLICY_CHECKED. Raises
+    RedisError when Redis does not answer at all.
+    """
     try:
         policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
-    except RedisError as exc:
-        log.warning("redis.policy_unknown", error=str(exc))
-        return
+    except ResponseError as exc:
+        if settings.redis_policy_checked:
+            return None
+        return (
+            f"Redis maxmemory-policy cannot be read ({exc}): queued events may be evicted;"
+            " allow CONFIG GET, or set LEADSTREAM_REDIS_POLICY_CHECKED=true once verified"
+        )
     if policy != "noeviction":
-        message = f"Redis maxmemory-policy is {policy!r}: queued events can be evicted (lost)"
-        if settings.env == "prod":
-            raise RuntimeError(message + "; set it to noeviction")
-        log.warning("redis.eviction_enabled", policy=policy, detail=message)
+        return f"Redis maxmemory-policy is {policy!r}: queued events can be evicted (lost)"
+    return None
+
+
+async def check_redis_eviction(client: aioredis.Redis, settings: Settings) -> str | None:
+    """At start-up: refuse an evicting or unknown policy in production, warn loudly in dev;
+    the problem, or None."""
+    try:
+        problem = await redis_policy_problem(client, settings)
+    except RedisError as exc:
+        problem = f"Redis maxmemory-policy is unknown, Redis did not answer: {exc}"
+    if problem is None:
+        return None
+    if settings.env == "prod":
+        raise RuntimeError(problem + "; production requires noeviction")
+    log.warning("redis.eviction_enabled", detail=problem)
+    return problem
+
+
+async def watch_redis_eviction(
+    client: aioredis.Redis, settings: Settings, state: IngestState
+) -> None:
+    """Recheck the policy while the API runs (a CONFIG SET changes it): an evicting or unknown
+    one is logged as an error and keeps /readyz not ready until it is fixed."""
+    while True:
+        await asyncio.sleep(settings.redis_policy_recheck_seconds)
+        try:
+            problem = await redis_policy_problem(client, settings)
+        except RedisError:
+            continue  # Redis does not answer: /readyz says so by itself
+        if problem is not None and problem != state.redis_policy_problem:
+            log.error("redis.eviction_policy", detail=problem)
+        elif problem is None and state.redis_policy_problem is not None:
+            log.info("redis.eviction_policy_fixed")
+        state.redis_policy_problem = problem
 
 
 async def check_redis_clock(client: aioredis.Redis, settings: Settings) -> None:
@@ -74,20 +115,31 @@ async def check_redis_clock(client: aioredis.Redis, settings: Settings) -> None:
         )
 
 
-def _redis(settings: Settings, *, timeout: float | None) -> aioredis.Redis:
+def _redis(
+    settings: Settings,
+    *,
+    timeout: float | None,
+    connect_timeout: float | None,
+    max_connections: int,
+    pool_timeout: float,
+) -> aioredis.Redis:
     # No client-side retries: a slow or absent Redis must turn into a quick 503, not a hang.
-    return aioredis.Redis.from_url(
+    # A blocking pool: a burst waits up to `pool_timeout` for a connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
         socket_timeout=timeout,
-        socket_connect_timeout=settings.enqueue_timeout_seconds,
+        socket_connect_timeout=connect_timeout,
         retry=Retry(NoBackoff(), 0),
-        max_connections=64,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def _writer(settings: Settings, client: aioredis.Redis) -> BrokerWriter:
     options = {
         "marker_ttl": settings.queued_marker_ttl_seconds,
+        "key_ttl": settings.idempotency_ttl_seconds,
         "max_events_per_message": settings.enqueue_max_events_per_message,
     }
     if settings.broker_is_redis:
@@ -127,23 +179,44 @@ def create_app(settings: Settings | None = None) -> Intake:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = _redis(settings, timeout=settings.enqueue_timeout_seconds)
-        await check_redis_eviction(client, settings)
+        timeout = settings.enqueue_timeout_seconds
+        # Writes: no socket or connect timeout (RedisWriter bounds its calls itself, so that
+        # a loaded event loop is not taken for a slow Redis); a connection is waited for up to
+        # the enqueue timeout.
+        client = _redis(
+            settings, timeout=None, connect_timeout=None, max_connections=64, pool_timeout=timeout
+        )
+        # Reads (GET routes, /readyz) have a pool of their own: a burst of writes cannot
+        # starve them, nor make /readyz call a healthy Redis down.
+        reads = _redis(
+            settings,
+            timeout=timeout,
+            connect_timeout=timeout,
+            max_connections=16,
+            pool_timeout=timeout,
+        )
+        policy_problem = await check_redis_eviction(client, settings)
         await check_redis_clock(client, settings)
         engine = create_engine(settings)
         waiter = OutcomeWaiter(
-            _redis(settings, timeout=None),
+            _redis(
+                settings,
+                timeout=None,
+                connect_timeout=timeout,
+                max_connections=64,
+                pool_timeout=timeout,
+            ),
             engine,
             outcome_channel(settings.redis_url, settings.deployment_id),
             max_waiters=settings.max_waiters_per_process,
         )
         enqueuer = _enqueuer(settings, client)
-        app.state.ingest = IngestState(
+        state = IngestState(
             settings=settings,
             token_verifier=verifier,
             tenants=_tenant_gate(settings, engine),
             migration_head=head,
-            redis=client,
+            redis=reads,
             enqueuer=enqueuer,
             waiter=waiter,
             engine=engine,
@@ -151,7 +224,9 @@ def create_app(settings: Settings | None = None) -> Intake:
                 client,
                 rate=settings.rate_limit_per_second,
                 burst=settings.rate_limit_burst,
-                timeout=settings.enqueue_timeout_seconds,
+                # A fifth of the enqueue's time: a hung Redis must not add a whole enqueue
+                # timeout to every request's 503 (the limiter fails open).
+                timeout=timeout / 5,
             ),
             sites=SiteKeys(
                 engine,
@@ -159,7 +234,10 @@ def create_app(settings: Settings | None = None) -> Intake:
                 max_entries=settings.site_key_cache_size,
                 timeout=settings.enqueue_timeout_seconds,
             ),
+            redis_policy_problem=policy_problem,
         )
+        app.state.ingest = state
+        watch = asyncio.create_task(watch_redis_eviction(reads, settings, state))
         waiter.start()
         # Start-up objects live for the whole process: keep them out of every GC pass.
         gc.freeze()
@@ -167,9 +245,11 @@ def create_app(settings: Settings | None = None) -> Intake:
             yield
         finally:
             del app.state.ingest
+            watch.cancel()
             await enqueuer.close()
             await waiter.stop()
             await client.aclose()
+            await reads.aclose()
             await engine.dispose()
 
     # /docs from assets the API serves itself (a package's copy of Swagger UI), not a CDN: it

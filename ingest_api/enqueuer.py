@@ -1,19 +1,26 @@
-"""The API's enqueue policy: lanes per queue, linger, deadlines, over a broker writer.
+"""The API's enqueue policy: lanes per queue, linger, time limits, over a broker writer.
 
 A Celery `.delay()` is synchronous and was measured at ~750 req/s inside an async handler;
 here requests that arrive while a write is in flight are coalesced, per queue, into one
-message and one broker round trip.
+message and one broker round trip; so are requests under an Idempotency-Key, each with its own
+answer (a burst of keyed requests used to take one Redis connection each, and 503 when the
+pool ran out).
 """
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from uuid import UUID
 
-from shared.broker.writers import BrokerWriter, QueueUnavailableError
+from shared.broker.writers import BrokerWriter, Claim, QueueUnavailableError, write_bound
 from shared.contract.queues import Envelope
+
+Taken = bytes | None  # the record of the key that named another event, or None: queued
+
+
+def _give_up(done: asyncio.Future[Taken]) -> None:
+    if not done.done():
+        done.set_exception(QueueUnavailableError("the queue did not answer in time"))
 
 
 @dataclass
@@ -23,7 +30,9 @@ class _Lane:
     queue: str
     linger: float
     flush_events: int
-    pending: list[tuple[Envelope, asyncio.Future[None], float]] = field(default_factory=list)
+    pending: list[tuple[Envelope, Claim | None, asyncio.Future[Taken]]] = field(
+        default_factory=list
+    )
     flushing: bool = False
     full: asyncio.Event = field(default_factory=asyncio.Event)  # ends a linger early
 
@@ -31,10 +40,11 @@ class _Lane:
 class Enqueuer:
     """Coalesces concurrent enqueues into one broker write per queue.
 
-    Every write carries a deadline, the moment the first of its callers gives up and answers
-    503: a broker that executes the write later (a Redis that hung, then resumed) must not
-    queue what the API refused. QueueUnavailableError means 503; any other exception is a bug
-    and reaches the caller as itself.
+    Each write gives the broker `timeout` seconds from the moment it is sent, and its writer
+    answers within `write_bound(timeout)`; a caller waits for the write in flight, its linger
+    and its own write at most.
+    QueueUnavailableError means 503; any other exception is a bug and reaches the caller as
+    itself.
     """
 
     def __init__(
@@ -55,11 +65,12 @@ class Enqueuer:
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def enqueue(self, envelope: Envelope, *, queue: str) -> None:
-        """Return once the broker holds the event; raise QueueUnavailableError otherwise."""
+    async def enqueue(self, envelope: Envelope, *, queue: str, claim: Claim | None = None) -> Taken:
+        """Return once the broker holds the event (None), or, with a claim whose key is taken,
+        the key's record (nothing queued); raise QueueUnavailableError otherwise."""
         lane = self._lanes.get(queue) or self._lanes.setdefault(queue, self._lane(queue))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        lane.pending.append((envelope, done, time.time() + self._timeout))
+        done: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+        lane.pending.append((envelope, claim, done))
         if len(lane.pending) >= lane.flush_events:
             lane.full.set()
         if not lane.flushing:
@@ -67,29 +78,25 @@ class Enqueuer:
             task = asyncio.create_task(self._drain(lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        # The writer answers by its bound, and this caller's write waits at most for the one in
+        # flight: the guard fires only for a writer that breaks its bound, never while a write
+        # that may still succeed is in flight (that 503 would be a lie).
+        guard = lane.linger + 2 * write_bound(self._timeout)
+        timer = done.get_loop().call_later(guard, _give_up, done)
         try:
-            async with asyncio.timeout(self._timeout):
-                await done
-        except TimeoutError:
-            raise QueueUnavailableError("the queue did not answer in time") from None
-
-    async def enqueue_keyed(
-        self, envelope: Envelope, *, queue: str, key: str, key_ttl: int
-    ) -> UUID:
-        """Queue the event unless `key` already names one; return the id the key names."""
-        return await self._writer.write_keyed(
-            envelope, queue, key, key_ttl, time.time() + self._timeout
-        )
+            return await done
+        finally:
+            timer.cancel()
 
     async def enqueue_all(self, by_queue: dict[str, list[Envelope]]) -> None:
         """Queue a client's batch now, in one write: all of it, or (QueueUnavailableError)
         none of it with a Redis broker."""
-        await self._writer.write(by_queue, time.time() + self._timeout)
+        await self._writer.write(by_queue, self._timeout)
 
     async def close(self) -> None:
         """Let writes in flight finish, so no caller is left without an answer."""
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._timeout)
+            await asyncio.wait(self._tasks, timeout=write_bound(self._timeout))
         await self._writer.close()
 
     def _lane(self, queue: str) -> _Lane:
@@ -105,17 +112,19 @@ class Enqueuer:
                         async with asyncio.timeout(lane.linger):
                             await lane.full.wait()
                 batch, lane.pending = lane.pending, []
-                deadline = min(d for _, _, d in batch)
+                claims = {e.id: claim for e, claim, _ in batch if claim is not None}
                 try:
-                    await self._writer.write({lane.queue: [e for e, _, _ in batch]}, deadline)
+                    taken = await self._writer.write(
+                        {lane.queue: [e for e, _, _ in batch]}, self._timeout, claims
+                    )
                 except Exception as exc:  # every waiter hears of it: a 503, or the bug as is
-                    for _, done, _ in batch:
+                    for _, _, done in batch:
                         if not done.done():
                             done.set_exception(exc)
                             done.exception()  # a waiter that timed out must not warn on GC
                 else:
-                    for _, done, _ in batch:
+                    for e, _, done in batch:
                         if not done.done():
-                            done.set_result(None)
+                            done.set_result(taken.get(e.id))
         finally:
             lane.flushing = False

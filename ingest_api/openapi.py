@@ -45,7 +45,8 @@ PROBLEMS = problems(
         408: "The body did not arrive within LEADSTREAM_BODY_TIMEOUT_SECONDS",
         413: f"Body over {EVENT_BODY_LIMIT // 1024} KB ({BATCH_BODY_LIMIT // 1024} KB batch)",
         415: "Not application/json, or a Content-Encoding other than gzip or identity",
-        422: "Invalid event: every wrong field in errors[].loc",
+        422: "Invalid event: every wrong field in errors[].loc (an Idempotency-Key reused with"
+        " a different event: loc header, Idempotency-Key)",
         429: "Over the token's rate limit: Retry-After and RateLimit-* headers",
         503: (
             "Queue unavailable, the token's tenant cannot be checked, or the API is starting:"
@@ -168,7 +169,8 @@ def openapi_paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]
                 "required": False,
                 "description": (
                     f"Same key, same tenant, {_duration(settings.idempotency_ttl_seconds)}:"
-                    " the first event's id, nothing new"
+                    " the first event's id, nothing new; the same key with a different event"
+                    " (sentAt aside) is a 422"
                 ),
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
             },

@@ -11,9 +11,10 @@ and Redis' work grows with the buckets, not the requests. The price of leasing: 
 leased and did not use within the second are lost, so a client spread over many processes may be
 admitted slightly less than its rate, never more.
 
-Fail-open: if Redis does not answer within the enqueue timeout, the request passes (counted in
-`leadstream_rate_limiter_failures_total` and logged). A Redis that is down refuses the enqueue
-anyway (503); one that is only slow must not turn every request into an error of its own.
+Fail-open: if Redis does not answer within a fifth of the enqueue timeout, the request passes
+(counted in `leadstream_rate_limiter_failures_total` and logged). A Redis that is down refuses
+the enqueue anyway (503); one that is only slow must not turn every request into an error of
+its own.
 """
 
 import asyncio

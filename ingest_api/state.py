@@ -21,12 +21,14 @@ class IngestState:
     token_verifier: TokenVerifier
     tenants: TenantGate
     migration_head: str | None
-    redis: aioredis.Redis
+    redis: aioredis.Redis  # reads only (GET routes, /readyz): the writes have their own pool
     enqueuer: Enqueuer
     waiter: OutcomeWaiter
     engine: AsyncEngine
     limiter: RateLimiter
     sites: SiteKeys
+    # Set at start-up and by the periodic recheck: why Redis may evict queued events.
+    redis_policy_problem: str | None = None
 
 
 async def _state(request: Request) -> IngestState:

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -329,12 +328,13 @@ async def _replay(
         client,
         settings.celery_broker_url,
         marker_ttl=settings.queued_marker_ttl_seconds,
+        key_ttl=settings.idempotency_ttl_seconds,
         max_events_per_message=settings.enqueue_max_events_per_message,
         connect_timeout=REPLAY_TIMEOUT_SECONDS,
     )
 
     async def publish(by_queue: dict[str, list[Envelope]]) -> None:
-        await writer.write(by_queue, time.time() + REPLAY_TIMEOUT_SECONDS)
+        await writer.write(by_queue, REPLAY_TIMEOUT_SECONDS)
 
     try:
         replayed: list[UUID] = await _with_connection(

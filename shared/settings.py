@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     # ... and no longer than this (431 beyond); beyond `max_connections`, a new one is closed.
     max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
     max_connections: int = Field(1000, ge=1)
-    # How long the API waits for Redis before answering 503: it must never hang.
+    # The broker's time for one write, counted from the moment it is sent (a large write gets
+    # more): past it Redis refuses the write and the API answers 503. It never hangs: a 503
+    # comes within 2x this plus 0.25 s (getting a connection, then the reply's margin).
     enqueue_timeout_seconds: float = Field(0.5, gt=0)
     enqueue_max_events_per_message: int = Field(200, ge=1, le=1000)
     # How long a page view waits for others to share its queue message (leads never wait),
@@ -74,6 +76,9 @@ class Settings(BaseSettings):
     outcome_wait_ttl_seconds: int = Field(60, gt=0)
     outcome_ttl_seconds: int = Field(3600, gt=0)
     idempotency_ttl_seconds: int = 24 * 3600
+    # The operator vouches for noeviction where Redis refuses CONFIG GET (managed services).
+    redis_policy_checked: bool = False
+    redis_policy_recheck_seconds: float = Field(60.0, gt=0)
     outcome_stream_maxlen: int = 100_000
 
     # Token buckets per Bearer token and per site key (a site's own rate overrides them); one

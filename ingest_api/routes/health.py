@@ -24,7 +24,7 @@ async def readyz(state: StateDep) -> Response:
     checks: dict[str, str] = {}
     try:
         await state.redis.ping()
-        checks["redis"] = "ok"
+        checks["redis"] = state.redis_policy_problem or "ok"
     except Exception as exc:
         log.warning("readyz.redis", error=f"{type(exc).__name__}: {exc}")
         checks["redis"] = "error"

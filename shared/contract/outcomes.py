@@ -13,8 +13,10 @@ Each outcome is announced as a notice of ids and statuses, never the outcome its
 goes to OUTCOME_STREAM for downstream consumers; the channel of `outcome_channel` hears those a
 caller may wait for (sent with `Prefer: wait`, or under an Idempotency-Key, whose replays may
 wait for it).
+`ls:idem:<digest>` holds an Idempotency-Key's record (see `idempotency_key`).
 """
 
+import hashlib
 from typing import Any, Literal
 from uuid import UUID
 
@@ -40,8 +42,29 @@ def event_key(event_id: UUID | str) -> str:
     return f"ls:event:{event_id}"
 
 
-def idempotency_key(tenant_id: UUID | str, key: str) -> str:
-    return f"ls:idem:{tenant_id}:{key}"
+def idempotency_key(tenant_id: UUID, key: str) -> bytes:
+    """The Redis key of a tenant's Idempotency-Key: a fixed-length digest, so a 255-character
+    key costs what a short one does (binary: 8 + 16 bytes)."""
+    digest = hashlib.blake2b(tenant_id.bytes + key.encode(), digest_size=16).digest()
+    return b"ls:idem:" + digest
+
+
+def payload_fingerprint(payload: dict[str, Any]) -> bytes:
+    """What a request under an Idempotency-Key must repeat: the validated event, keys sorted
+    (a client may re-serialise its JSON), without `sentAt` (a retry's own send time)."""
+    canonical = orjson.dumps(
+        {k: v for k, v in payload.items() if k != "sentAt"}, option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.blake2b(canonical, digest_size=16).digest()
+
+
+def idempotency_record(event_id: UUID, fingerprint: bytes) -> bytes:
+    """What an Idempotency-Key holds: the first event's id and its payload's fingerprint."""
+    return event_id.bytes + fingerprint
+
+
+def parse_idempotency_record(record: bytes) -> tuple[UUID, bytes]:
+    return UUID(bytes=record[:16]), record[16:]
 
 
 class StoredOutcome(BaseModel):

@@ -20,6 +20,7 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.contract.outcomes import idempotency_key, parse_idempotency_record
 from tests.faults.stack import FaultStack, RedisServer
 from tests.faults.support import (
     counts,
@@ -284,8 +285,8 @@ async def test_an_idempotency_key_refused_while_redis_hung_is_not_lost_when_retr
         # Settled: a committed event's marker is gone, so the database says what was queued.
         never_queued = set(accepted) - set(stored)
         # Where such an id comes from: the key, claimed by the request that was refused.
-        claims = faults.broker.mget([f"ls:idem:{faults.tenant.id}:{k}" for k in keys])
-        claimed = [uuid.UUID(c.decode() if isinstance(c, bytes) else c) for c in claims if c]
+        claims = faults.broker.mget([idempotency_key(faults.tenant.id, k) for k in keys])
+        claimed = [parse_idempotency_record(c)[0] for c in claims if isinstance(c, bytes)]
         stale = len([i for i in claimed if i in never_queued])
         reads = {(await http.get(f"/api/partner/events/{i}")).status_code for i in never_queued}
         faults.measure(

@@ -17,7 +17,7 @@ def _below(offset: int) -> int:
 
 SESSION = BASE  # the session's worker, API and outcome store
 BENCH_SMOKE = _below(2)  # the tiny bench run
-PIPELINE_OWN_WORKER = _below(3)  # a worker of one test's own, with different settings
+PIPELINE_OWN_WORKER = _below(3)  # a worker of one test's own; or an in-process API's queues
 ALL = (SESSION, BENCH_SMOKE, PIPELINE_OWN_WORKER)  # flushed when the run ends
 
 

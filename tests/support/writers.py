@@ -2,33 +2,45 @@
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 
+from shared.broker.writers import Claim
 from shared.contract.queues import Envelope
 
 
 class StandInWriter:
-    """Records what it is given (the events, and each write's size and deadline); raises
-    `fail` after recording, or hangs until `release` is set."""
+    """Records what it is given (the events, and each write's size and timeout); raises
+    `fail` after recording, or hangs until `release` is set. Claims are kept like Redis keeps
+    them: the first event under a key owns it."""
 
     def __init__(self, fail: Exception | None = None, *, hang: bool = False) -> None:
         self.written: list[Envelope] = []
         self.writes: list[tuple[int, float]] = []
+        self.keys: dict[bytes, bytes] = {}
         self.fail, self.hang = fail, hang
         self.release = asyncio.Event()
 
-    async def write(self, by_queue: dict[str, list[Envelope]], deadline: float) -> None:
-        self.writes.append((sum(map(len, by_queue.values())), deadline))
+    async def write(
+        self,
+        by_queue: dict[str, list[Envelope]],
+        timeout: float,
+        claims: Mapping[uuid.UUID, Claim] | None = None,
+    ) -> dict[uuid.UUID, bytes]:
+        self.writes.append((sum(map(len, by_queue.values())), timeout))
         if self.hang:
             await self.release.wait()
         if self.fail is not None:
             raise self.fail
-        self.written += [e for envelopes in by_queue.values() for e in envelopes]
-
-    async def write_keyed(
-        self, envelope: Envelope, queue: str, key: str, key_ttl: int, deadline: float
-    ) -> uuid.UUID:
-        await self.write({queue: [envelope]}, deadline)
-        return envelope.id
+        taken: dict[uuid.UUID, bytes] = {}
+        for e in (e for envelopes in by_queue.values() for e in envelopes):
+            claim = (claims or {}).get(e.id)
+            if claim is not None and claim.key in self.keys:
+                taken[e.id] = self.keys[claim.key]
+                continue
+            if claim is not None:
+                self.keys[claim.key] = claim.record
+            self.written.append(e)
+        return taken
 
     async def close(self) -> None:
         pass

@@ -1,5 +1,5 @@
-"""The site-key cache on the real PostgreSQL: found once, revoked (or its tenant disabled) within the TTL, malformed keys
-never queried, the last answer kept while PostgreSQL is away."""
+"""The site-key cache on the real PostgreSQL: found once, revoked (or its tenant disabled)
+within the TTL, malformed keys never queried, the last answer kept while PostgreSQL is away."""
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine

@@ -11,7 +11,8 @@ from shared.settings import Settings
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    created = aioredis.Redis.from_url(settings.redis_url)
+    # No socket timeout, as the API's writes client: RedisWriter bounds its calls itself.
+    created = aioredis.Redis.from_url(settings.redis_url, socket_timeout=None)
     yield created
     await created.aclose()
 

@@ -80,11 +80,12 @@ async def test_a_lingering_queue_shares_a_message_until_it_is_full(
     def events_per_message(raw: list[bytes]) -> list[int]:
         return [len(json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]) for m in raw]
 
-    writer = RedisWriter(client, marker_ttl=60, max_events_per_message=200)
+    writer = RedisWriter(client, marker_ttl=60, key_ttl=60, max_events_per_message=200)
     flush = {lingering: 3}
-    # Had the 60 s linger not been cut short by the third event, all would answer 503.
+    # Had the 60 s linger not been cut short by the third event, this would time out.
     full = Enqueuer(writer, timeout=0.5, linger={lingering: 60}, flush_events=flush)
-    await asyncio.gather(*(full.enqueue(envelope(), queue=lingering) for _ in range(3)))
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(full.enqueue(envelope(), queue=lingering) for _ in range(3)))
     assert events_per_message(await client.lrange(lingering, 0, -1)) == [3]
 
     lone = Enqueuer(writer, timeout=0.5, linger={lingering: 0.05}, flush_events=flush)
