@@ -82,15 +82,16 @@ async def _queue(settings: Settings, envelopes: list[Envelope]) -> None:
     writer = RedisWriter(
         client,
         marker_ttl=settings.queued_marker_ttl_seconds,
+        key_ttl=settings.idempotency_ttl_seconds,
         max_events_per_message=settings.enqueue_max_events_per_message,
     )
     try:
         views = [e for e in envelopes if queue_for(e.payload["type"]) == "activity"]
         leads = [e for e in envelopes if queue_for(e.payload["type"]) == "leads"]
         for i in range(0, len(views), 32):
-            await writer.write({"activity": views[i : i + 32]}, time.time() + 30)
+            await writer.write({"activity": views[i : i + 32]}, 30)
         for e in leads:
-            await writer.write({"leads": [e]}, time.time() + 30)
+            await writer.write({"leads": [e]}, 30)
     finally:
         await client.aclose()
 
