@@ -18,11 +18,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingest_api.app import create_app
-from shared.auth import WRITE_SCOPE, mint_token
 from shared.contract.outcomes import event_key
 from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE
 from shared.settings import Settings
 from tests.support.redis_dbs import PIPELINE_OWN_WORKER, redis_url_with_db
+from tests.support.tenants import Tenant
 
 EVENTS = "/api/partner/events"
 BATCH = f"{EVENTS}/batch"
@@ -46,15 +46,16 @@ async def broker(own_settings: Settings) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def http(own_settings: Settings, broker: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
+async def http(
+    own_settings: Settings, broker: aioredis.Redis, tenant: Tenant
+) -> AsyncIterator[httpx.AsyncClient]:
     intake = create_app(own_settings)
-    token = mint_token(own_settings, tenant_id=uuid.uuid4(), scopes=(WRITE_SCOPE,), ttl_seconds=600)
     async with (
         intake.app.router.lifespan_context(intake.app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=intake),
             base_url="http://intake",
-            headers={"Authorization": f"Bearer {token}"},
+            headers=tenant.headers,
             timeout=30,
         ) as client,
     ):

@@ -2,10 +2,13 @@
 
 import asyncio
 import subprocess
+from pathlib import Path
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.processes import BIN
+from tests.support.sites import ORIGIN, make_site
 from tests.support.tenants import Tenant
 
 CHECKS = ",".join(
@@ -19,12 +22,22 @@ CHECKS = ",".join(
 
 
 async def test_no_5xx_and_every_response_matches_the_documented_schema(
-    client: httpx.AsyncClient, api_url: str, tenant: Tenant
+    client: httpx.AsyncClient, api_url: str, tenant: Tenant, engine: AsyncEngine, tmp_path: Path
 ) -> None:
+    # The beacon's key is its query's `k` and a preflight needs an allowed Origin: without
+    # them every beacon call is a 401 or 403.
+    site = await make_site(engine, tenant.id)
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        f'[parameters]\n"query.k" = "{site.key}"\n\n'
+        f'[[operations]]\ninclude-path = "/beacon"\nheaders = {{ Origin = "{ORIGIN}" }}\n'
+    )
     result = await asyncio.to_thread(
         subprocess.run,
         [
             str(BIN / "schemathesis"),
+            "--config-file",
+            str(config),
             "run",
             f"{api_url}/openapi.json",
             "-H",
