@@ -189,14 +189,28 @@ async def outcomes_of(
     return outcomes
 
 
+def _events_of(raw_message: dict[str, Any]) -> list[uuid.UUID]:
+    args = json.loads(base64.b64decode(raw_message["body"]))[0]
+    return [uuid.UUID(e["id"]) for e in args[0]]
+
+
 def held_by_workers(broker: redis.Redis) -> set[uuid.UUID]:
     """Events in messages that a worker took and has not acknowledged (kombu's `unacked`)."""
     held: set[uuid.UUID] = set()
     for value in broker.hvals("unacked"):
         payload, _exchange, _routing_key = json.loads(value)
-        args = json.loads(base64.b64decode(payload["body"]))[0]
-        held.update(uuid.UUID(e["id"]) for e in args[0])
+        held.update(_events_of(payload))
     return held
+
+
+def still_queued(broker: redis.Redis) -> set[uuid.UUID]:
+    """Events in messages waiting in the two queues."""
+    return {
+        event
+        for queue in ("leads", "activity")
+        for raw in broker.lrange(queue, 0, -1)
+        for event in _events_of(json.loads(raw))
+    }
 
 
 def pending(broker: redis.Redis, ids: list[uuid.UUID]) -> int:
