@@ -209,6 +209,14 @@ class Event(Base):
     was_person_created: Mapped[bool] = mapped_column(Boolean)
     was_company_created: Mapped[bool | None] = mapped_column(Boolean)
     match_conflict: Mapped[list[str] | None] = mapped_column(JSONB)
+    # A known crawler's or headless browser's User-Agent: kept, and left out where asked.
+    bot: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # What the client's clock said, as sent; occurred_at is what the worker made of it.
+    client_occurred_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Why occurred_at differs from client_occurred_at: its clock was off by more than the
+    # tolerance ('corrected'), or it claimed the far future ('clamped').
+    clock_adjustment: Mapped[str | None] = mapped_column(String(16))
 
 
 class IdempotencyKey(Base):
@@ -262,6 +270,29 @@ class Site(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
+class Source(Base):
+    """A signed-webhook source: its events are signed with HMAC-SHA256 of its secret."""
+
+    __tablename__ = "sources"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    secret: Mapped[str] = mapped_column(Text)
+    # After a rotation the old secret still verifies until previous_expires_at, so a sender
+    # can switch without losing events.
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # NULL: the LEADSTREAM_RATE_LIMIT_* defaults.
+    rate_per_second: Mapped[float | None] = mapped_column(Float)
+    rate_burst: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("now()"))
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
 # Table handles for Core statements (DeclarativeBase types __table__ as a FromClause).
 tenants_t = cast(Table, Tenant.__table__)
 companies_t = cast(Table, Company.__table__)
@@ -274,3 +305,4 @@ events_t = cast(Table, Event.__table__)
 idempotency_keys_t = cast(Table, IdempotencyKey.__table__)
 dead_letters_t = cast(Table, DeadLetter.__table__)
 sites_t = cast(Table, Site.__table__)
+sources_t = cast(Table, Source.__table__)
