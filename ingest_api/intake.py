@@ -13,7 +13,7 @@ import functools
 import hashlib
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 import orjson
@@ -26,9 +26,13 @@ from ingest_api.asgi import Receive, Scope, Send
 from ingest_api.auth import TokenVerifier, admit, authenticate
 from ingest_api.handoff import (
     ACCEPTED,
+    BATCH_BODY_LIMIT,
     ENQUEUE_FAILURES,
     EVENT_BODY_LIMIT,
+    batch_items,
     make_envelope,
+    plan_events,
+    queue_planned,
     unavailable,
     unqueueable,
 )
@@ -43,7 +47,6 @@ from ingest_api.http_body import (
 from ingest_api.paths import BATCH_PATH, EVENTS_PATH
 from ingest_api.problems import (
     ProblemError,
-    field_errors,
     problem_error_response,
     problem_response,
     validation_problem,
@@ -68,47 +71,10 @@ log = structlog.get_logger(__name__)
 
 __all__ = ["EVENT_BODY_LIMIT", "Intake"]
 
-BATCH_BODY_LIMIT = 512 * 1024  # after gzip decoding, if any
-BATCH_MAX_EVENTS = 500
-_EVENTS_PER_SLICE = 16  # batch events validated between two turns of the event loop
 _ALLOWED = {EVENTS_PATH: "GET, POST", BATCH_PATH: "POST"}
 
 IDEMPOTENT_REPLAYS = Counter("leadstream_idempotent_replays_total", "Repeated Idempotency-Keys")
 T = TypeVar("T")
-
-
-def _batch_items(body: bytes) -> list[Any]:
-    """The batch's events, unvalidated; 400 for bad JSON, 422 for a body that is no batch."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ProblemError(
-            400,
-            "Malformed JSON",
-            "the body is not valid JSON",
-            kind="malformed-json",
-            errors=[{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}],
-        ) from None
-    events = data.get("events") if isinstance(data, dict) else None
-    if not isinstance(events, list) or not 0 < len(events) <= BATCH_MAX_EVENTS:
-        raise ProblemError(
-            422,
-            "Invalid batch",
-            f'send {{"events": [...]}} with 1 to {BATCH_MAX_EVENTS} events',
-            kind="validation",
-            errors=[{"loc": ["body", "events"], "msg": f"a list of 1 to {BATCH_MAX_EVENTS}"}],
-        )
-    if extra := sorted(set(data) - {"events"}):
-        raise ProblemError(
-            422,
-            "Invalid batch",
-            "the batch holds only events",
-            kind="validation",
-            errors=[
-                {"loc": ["body", key], "msg": "Extra inputs are not permitted"} for key in extra
-            ],
-        )
-    return events
 
 
 def _check_idempotency_key(key: str | None) -> None:
@@ -223,39 +189,9 @@ class Intake:
                 kind="validation",
                 errors=[{"loc": ["header", "Idempotency-Key"], "msg": "not supported on batches"}],
             )
-        results: list[dict[str, Any]] = []
-        by_queue: dict[str, list[Envelope]] = {}
-        received_at = datetime.now(UTC)
-        for index, item in enumerate(_batch_items(body)):
-            if index % _EVENTS_PER_SLICE == _EVENTS_PER_SLICE - 1:
-                # Let the loop breathe: 200 contact-rich events take 100-600 ms to validate,
-                # a stall that would otherwise fail other requests' Redis connects and replies.
-                await asyncio.sleep(0)
-            try:
-                event = EventIn.model_validate(item)
-            except ValidationError as exc:
-                errors = field_errors(
-                    exc.errors(include_url=False, include_input=False),
-                    prefix=("body", "events", index),
-                )
-                results.append({"index": index, "status": "rejected", "errors": errors})
-                continue
-            envelope = make_envelope(event, principal.tenant_id, received_at, None, notify=False)
-            if (problem := unqueueable(envelope)) is not None:
-                errors = [{**problem, "loc": ["body", "events", index]}]
-                results.append({"index": index, "status": "rejected", "errors": errors})
-                continue
-            by_queue.setdefault(queue_for(event.type), []).append(envelope)
-            results.append({"index": index, "id": str(envelope.id), "status": "queued"})
-        if by_queue:
-            try:
-                await state.enqueuer.enqueue_all(by_queue)
-            except QueueUnavailableError as exc:
-                ENQUEUE_FAILURES.inc(sum(len(queued) for queued in by_queue.values()))
-                raise unavailable(exc) from None
-            for queue, queued in by_queue.items():
-                ACCEPTED[queue].inc(len(queued))
-        await send_accepted(send, orjson.dumps({"results": results}), {})
+        planned = await plan_events(batch_items(body), principal.tenant_id, datetime.now(UTC))
+        await queue_planned(state, planned)
+        await send_accepted(send, orjson.dumps({"results": planned.results}), {})
 
     async def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Principal, IngestState]:
         authorization = headers.get(b"authorization")

@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ingest_api.intake import BATCH_BODY_LIMIT, BATCH_MAX_EVENTS, EVENT_BODY_LIMIT
+from ingest_api.handoff import BATCH_BODY_LIMIT, BATCH_MAX_EVENTS, EVENT_BODY_LIMIT
 from ingest_api.paths import BATCH_PATH, EVENTS_PATH
 from ingest_api.sources import beacon, pixel
 from shared.contract.events import EventIn

@@ -21,7 +21,8 @@ from ingest_api.problems import (
 )
 from ingest_api.rate_limit import RATE_LIMIT_HEADERS, too_many_requests
 from ingest_api.sources.browser import RequestFacts, complete, cors_headers, query_params
-from ingest_api.sources.site_keys import SiteKeysUnavailableError, origin_allowed
+from ingest_api.sources.key_cache import KeysUnavailableError
+from ingest_api.sources.site_keys import origin_allowed
 from ingest_api.state import IngestState
 from shared.contract.events import EventIn
 from shared.db.sites import Site
@@ -108,7 +109,7 @@ async def _site(state: IngestState, scope: Scope) -> Site:
     """The site the `k` parameter names; 401 without a working key, 503 if none can be read."""
     try:
         site = await state.sites.find(_key(scope))
-    except SiteKeysUnavailableError:
+    except KeysUnavailableError:
         raise ProblemError(
             503,
             "Unavailable",

@@ -23,7 +23,8 @@ from ingest_api.asgi import Receive, Scope, Send
 from ingest_api.handoff import queue_event
 from ingest_api.problems import ProblemError, problem_error_response
 from ingest_api.sources.browser import RequestFacts, complete, query_params
-from ingest_api.sources.site_keys import SiteKeysUnavailableError, origin_allowed
+from ingest_api.sources.key_cache import KeysUnavailableError
+from ingest_api.sources.site_keys import origin_allowed
 from ingest_api.state import IngestState
 from shared.contract.events import EventIn
 
@@ -126,7 +127,7 @@ async def _queue(state: IngestState | None, scope: Scope) -> str | None:
         return "too_many_params"
     try:
         site = await state.sites.find(params.pop("k", None))
-    except SiteKeysUnavailableError:
+    except KeysUnavailableError:
         return "unavailable"  # logged by the cache
     if site is None:
         log.info("pixel.refused", reason="unknown_key")
