@@ -28,6 +28,8 @@ from ingest_api.sources import snippet
 from ingest_api.sources.beacon import BEACON_PATH, serve_beacon
 from ingest_api.sources.pixel import PIXEL_PATH, serve_pixel
 from ingest_api.sources.site_keys import SiteKeys
+from ingest_api.sources.webhook_sources import WebhookSources
+from ingest_api.sources.webhooks import HOOKS_PREFIX, serve_webhook
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.broker.writers import BrokerWriter, KombuWriter, RedisWriter
@@ -234,6 +236,12 @@ def create_app(settings: Settings | None = None) -> Intake:
                 max_entries=settings.site_key_cache_size,
                 timeout=settings.enqueue_timeout_seconds,
             ),
+            hook_sources=WebhookSources(
+                engine,
+                ttl=settings.site_key_cache_seconds,
+                max_entries=settings.site_key_cache_size,
+                timeout=settings.enqueue_timeout_seconds,
+            ),
             redis_policy_problem=policy_problem,
         )
         app.state.ingest = state
@@ -265,4 +273,8 @@ def create_app(settings: Settings | None = None) -> Intake:
     document(app, settings)
     for routes in (events, people, companies, health, snippet):
         app.include_router(routes.router)
-    return Intake(app, verifier, {PIXEL_PATH: serve_pixel, BEACON_PATH: serve_beacon})
+    return Intake(
+        app,
+        verifier,
+        {PIXEL_PATH: serve_pixel, BEACON_PATH: serve_beacon, HOOKS_PREFIX: serve_webhook},
+    )

@@ -72,9 +72,12 @@ async def plan_events(
     tenant_id: UUID,
     received_at: datetime,
     keys: Callable[[int], str] | None = None,
+    *,
+    single: bool = False,
 ) -> Planned:
     """Validate each item on its own, so a bad event never costs its neighbours; `keys` names
-    each event's idempotency key by its index."""
+    each event's idempotency key by its index. Errors are located under body.events[index],
+    or under body for a `single` event."""
     planned = Planned([])
     for index, item in enumerate(items):
         if index % _EVENTS_PER_SLICE == _EVENTS_PER_SLICE - 1:
@@ -86,14 +89,14 @@ async def plan_events(
         except ValidationError as exc:
             errors = field_errors(
                 exc.errors(include_url=False, include_input=False),
-                prefix=("body", "events", index),
+                prefix=("body",) if single else ("body", "events", index),
             )
             planned.results.append({"index": index, "status": "rejected", "errors": errors})
             continue
         key = keys(index) if keys is not None else None
         envelope = make_envelope(event, tenant_id, received_at, key, notify=False)
         if (problem := unqueueable(envelope)) is not None:
-            errors = [{**problem, "loc": ["body", "events", index]}]
+            errors = [{**problem, "loc": ["body"] if single else ["body", "events", index]}]
             planned.results.append({"index": index, "status": "rejected", "errors": errors})
             continue
         planned.by_queue.setdefault(queue_for(event.type), []).append(envelope)
@@ -167,10 +170,10 @@ def make_envelope(
     )
 
 
-def batch_items(body: bytes) -> list[Any]:
-    """The batch's events, unvalidated; 400 for bad JSON, 422 for a body that is no batch."""
+def parse_json(body: bytes) -> Any:
+    """The body's JSON; 400 if it is not JSON."""
     try:
-        data = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ProblemError(
             400,
@@ -179,6 +182,10 @@ def batch_items(body: bytes) -> list[Any]:
             kind="malformed-json",
             errors=[{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}],
         ) from None
+
+
+def batch_items(data: Any) -> list[Any]:
+    """A batch's events, unvalidated; 422 for a body that is no batch."""
     events = data.get("events") if isinstance(data, dict) else None
     if not isinstance(events, list) or not 0 < len(events) <= BATCH_MAX_EVENTS:
         raise ProblemError(

@@ -31,6 +31,7 @@ from ingest_api.handoff import (
     EVENT_BODY_LIMIT,
     batch_items,
     make_envelope,
+    parse_json,
     plan_events,
     queue_planned,
     unavailable,
@@ -95,11 +96,15 @@ class Intake:
     def __init__(
         self, app: FastAPI, verifier: TokenVerifier, doors: Mapping[str, Door] | None = None
     ) -> None:
+        """`doors` by path; a path that ends in / is a prefix (`/hooks/` serves /hooks/<id>)."""
         self.app, self.verifier, self.doors = app, verifier, dict(doors or {})
+        self.prefixed = [(path, door) for path, door in self.doors.items() if path.endswith("/")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else None
         door = self.doors.get(path or "")
+        if door is None and path is not None:
+            door = next((d for prefix, d in self.prefixed if path.startswith(prefix)), None)
         if door is not None:
             await door(getattr(self.app.state, "ingest", None), scope, receive, send)
             return
@@ -189,7 +194,9 @@ class Intake:
                 kind="validation",
                 errors=[{"loc": ["header", "Idempotency-Key"], "msg": "not supported on batches"}],
             )
-        planned = await plan_events(batch_items(body), principal.tenant_id, datetime.now(UTC))
+        planned = await plan_events(
+            batch_items(parse_json(body)), principal.tenant_id, datetime.now(UTC)
+        )
         await queue_planned(state, planned)
         await send_accepted(send, orjson.dumps({"results": planned.results}), {})
 

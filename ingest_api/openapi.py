@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from ingest_api.handoff import BATCH_BODY_LIMIT, BATCH_MAX_EVENTS, EVENT_BODY_LIMIT
 from ingest_api.paths import BATCH_PATH, EVENTS_PATH
-from ingest_api.sources import beacon, pixel
+from ingest_api.sources import beacon, pixel, webhooks
 from shared.contract.events import EventIn
 from shared.contract.problems import Problem
 from shared.settings import Settings
@@ -96,6 +96,23 @@ def document(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+WEBHOOK_PROBLEMS = problems(
+    {
+        400: "Malformed JSON, or gzip that is invalid, truncated or followed by other bytes",
+        401: "Unknown or revoked source; a missing, malformed, stale (more than"
+        f" {webhooks.TOLERANCE_SECONDS // 60} minutes from our clock) or wrong signature",
+        405: "Not POST",
+        408: "The body did not arrive within LEADSTREAM_BODY_TIMEOUT_SECONDS",
+        413: f"Body over {webhooks.BODY_LIMIT // 1024} KB, or an event over"
+        f" {EVENT_BODY_LIMIT // 1024} KB",
+        415: "A Content-Encoding other than gzip or identity",
+        422: "Invalid event (one event) or body (a batch): every wrong field in errors[].loc",
+        429: "Over the source's rate limit: Retry-After and RateLimit-* headers",
+        503: "Queue unavailable, or the source cannot be checked now: retry after Retry-After",
+    }
+)
 
 
 def openapi_paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +221,67 @@ def openapi_paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]
         BATCH_PATH: {"post": batch},
         pixel.PIXEL_PATH: {"get": _pixel_operation()},
         beacon.BEACON_PATH: _beacon_operations(),
+        f"{webhooks.HOOKS_PREFIX}{{sourceId}}": {"post": _webhook_operation()},
+    }
+
+
+def _webhook_operation() -> dict[str, Any]:
+    one_or_batch = {
+        "schema": {
+            "oneOf": [
+                {"$ref": "#/components/schemas/EventIn"},
+                {"$ref": "#/components/schemas/EventBatch"},
+            ]
+        }
+    }
+    return {
+        "tags": ["webhooks"],
+        "summary": "Signed webhook",
+        "description": (
+            'Queue one event, or `{"events": [...]}` (each validated on its own, as in the'
+            " batch), from a source made with `leadstream source create`. Sign each delivery:"
+            ' `X-Leadstream-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + "."'
+            f" + raw body)>`, accepted within {webhooks.TOLERANCE_SECONDS // 60} minutes of"
+            " our clock; several `v1=` may be sent (one per secret while rotating). The same"
+            " signed request delivered again answers the first delivery's ids"
+            " (`Idempotent-Replayed: true`) and queues nothing."
+            f" At most {webhooks.BODY_LIMIT // 1024} KB; `Content-Encoding: gzip` accepted"
+            " (signed as sent)."
+        ),
+        "operationId": "webhook",
+        "parameters": [
+            {
+                "name": "sourceId",
+                "in": "path",
+                "required": True,
+                "description": "The source's id (`leadstream source create`)",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "X-Leadstream-Signature",
+                "in": "header",
+                "required": True,
+                "description": "`t=<unix seconds>,v1=<hex>`",
+                "schema": {"type": "string"},
+            },
+        ],
+        "requestBody": {"required": True, "content": {"application/json": one_or_batch}},
+        "responses": {
+            "202": {
+                "description": "Queued: the event's id, or a result per event of a batch",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/Accepted"},
+                                {"$ref": "#/components/schemas/BatchResults"},
+                            ]
+                        }
+                    }
+                },
+            },
+            **{str(code): value for code, value in WEBHOOK_PROBLEMS.items()},
+        },
     }
 
 

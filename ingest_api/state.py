@@ -11,6 +11,7 @@ from ingest_api.auth import TenantGate, TokenVerifier
 from ingest_api.enqueuer import Enqueuer
 from ingest_api.rate_limit import RateLimiter
 from ingest_api.sources.site_keys import SiteKeys
+from ingest_api.sources.webhook_sources import WebhookSources
 from ingest_api.waiter import OutcomeWaiter
 from shared.settings import Settings
 
@@ -27,6 +28,7 @@ class IngestState:
     engine: AsyncEngine
     limiter: RateLimiter
     sites: SiteKeys
+    hook_sources: WebhookSources
     # Set at start-up and by the periodic recheck: why Redis may evict queued events.
     redis_policy_problem: str | None = None
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shared.db.tables import sources_t, tenants_t
 
 ID_PREFIX = "src_"
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix that says what the value is, no secret)
 # src_ and 22 URL-safe characters (128 random bits): checked before any lookup, so a sender of
 # made-up ids costs no query.
 ID_SHAPE = re.compile(r"src_[A-Za-z0-9_-]{22}")

@@ -12,6 +12,7 @@ from ingest_api.enqueuer import Enqueuer
 from ingest_api.intake import Intake
 from ingest_api.rate_limit import RateLimiter
 from ingest_api.sources.site_keys import SiteKeys
+from ingest_api.sources.webhook_sources import WebhookSources
 from ingest_api.state import IngestState
 from ingest_api.waiter import OutcomeWaiter
 from shared.broker.writers import BrokerWriter
@@ -46,6 +47,7 @@ async def in_process_intake(
         engine=engine,
         limiter=RateLimiter(client, rate=0, burst=1, timeout=0.5),
         sites=SiteKeys(engine, ttl=30, max_entries=10, timeout=0.5),
+        hook_sources=WebhookSources(engine, ttl=30, max_entries=10, timeout=0.5),
     )
     try:
         yield created

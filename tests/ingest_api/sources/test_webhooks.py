@@ -1,0 +1,258 @@
+"""Signed webhooks through the running stack: signatures, rotation, replays, limits, storage."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import httpx
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ingest_api.sources.webhooks import sign, signature_header
+from shared.db.sources import Source, create_source, revoke_source, rotate_source
+from tests.support.http import accepted_count
+from tests.support.processes import WorkerProcess
+from tests.support.sites import stored_events
+from tests.support.tenants import Tenant
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+        yield client
+
+
+async def make_source(
+    engine: AsyncEngine, tenant: Tenant, *, rate: float | None = None, burst: int | None = None
+) -> Source:
+    async with engine.begin() as conn:
+        return await create_source(
+            conn,
+            tenant_id=tenant.id,
+            name=f"crm-{uuid.uuid4().hex[:8]}",
+            rate_per_second=rate,
+            rate_burst=burst,
+        )
+
+
+def inquiry(email: str) -> bytes:
+    return orjson.dumps(
+        {"type": "inquiry", "person": {"emails": [email]}, "message": "Is it still for sale?"}
+    )
+
+
+async def post(
+    http: httpx.AsyncClient, source: Source, body: bytes, signature: str | None = None
+) -> httpx.Response:
+    header = signature if signature is not None else signature_header(source.secret, body)
+    return await http.post(
+        f"/hooks/{source.id}",
+        content=body,
+        headers={**JSON, "X-Leadstream-Signature": header},
+    )
+
+
+async def test_signed_events_and_batches_are_stored_once_even_when_delivered_twice(
+    http: httpx.AsyncClient, worker: WorkerProcess, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    source = await make_source(engine, tenant)
+    single = inquiry("ann@example.com")
+    header = signature_header(source.secret, single)
+    first = await post(http, source, single, header)
+    assert first.status_code == 202, first.text
+    event_id = first.json()["id"]
+    assert first.json() == {"id": event_id, "status": "queued"}
+
+    batch = orjson.dumps(
+        {
+            "events": [
+                orjson.loads(inquiry("bob@example.com")),
+                {"type": "page_view", "visitorId": "v1", "pageUrl": "javascript:alert(1)"},
+                {"type": "property_view", "visitorId": "v2", "pageUrl": "https://a.example/1"},
+            ]
+        }
+    )
+    batch_header = signature_header(source.secret, batch)
+    answered = await post(http, source, batch, batch_header)
+    assert answered.status_code == 202, answered.text
+    results = answered.json()["results"]
+    assert [r["status"] for r in results] == ["queued", "rejected", "queued"]
+    assert results[1]["errors"][0]["loc"] == ["body", "events", 1, "pageUrl"]
+
+    # The same signed requests again (a sender's retry, or a replay within the window): the
+    # first delivery's ids, nothing queued again.
+    before = await accepted_count(http)
+    again = await post(http, source, single, header)
+    assert again.status_code == 202 and again.json()["id"] == event_id
+    assert again.headers["idempotent-replayed"] == "true"
+    batch_again = await post(http, source, batch, batch_header)
+    assert batch_again.json()["results"] == results
+    assert await accepted_count(http) == before
+
+    rows = await stored_events(engine, tenant.id, 3)
+    assert len(rows) == 3
+    assert {str(row.id) for row in rows} == {event_id, results[0]["id"], results[2]["id"]}
+    assert sorted(row.event_type for row in rows) == ["inquiry", "inquiry", "property_view"]
+
+
+async def test_bad_signatures_get_401_and_queue_nothing(
+    http: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    source = await make_source(engine, tenant)
+    body = inquiry("carol@example.com")
+    now = int(time.time())
+    tampered = body.replace(b"still", b"STILL")
+    other_secret = "whsec_" + "x" * 43
+    cases = {
+        "tampered body": (tampered, signature_header(source.secret, body)),
+        "wrong secret": (body, signature_header(other_secret, body)),
+        "stale": (body, signature_header(source.secret, body, now - 301)),
+        "from the future": (body, signature_header(source.secret, body, now + 301)),
+        "signed without the timestamp": (body, f"t={now},v1={sign(source.secret, 0, body)}"),
+        "no v1": (body, f"t={now}"),
+        "no t": (body, f"v1={sign(source.secret, now, body)}"),
+        "garbage": (body, "Bearer nonsense"),
+        "too long": (body, f"t={now}," + ",".join(["v1=" + "0" * 64] * 40)),
+    }
+    before = await accepted_count(http)
+    for name, (sent, header) in cases.items():
+        refused = await post(http, source, sent, header)
+        assert refused.status_code == 401, name
+        assert refused.headers["content-type"] == "application/problem+json", name
+        assert refused.json()["type"].endswith("/unauthorized"), name
+    unsigned = await http.post(f"/hooks/{source.id}", content=body, headers=JSON)
+    assert unsigned.status_code == 401
+    assert "X-Leadstream-Signature" in unsigned.json()["detail"]
+    for path in ("/hooks/src_" + "A" * 22, "/hooks/nope", "/hooks/", f"/hooks/{source.id}/x"):
+        unknown = await http.post(path, content=body, headers=JSON)
+        assert unknown.status_code == 401, path
+    assert await accepted_count(http) == before
+    # Within the window, a valid signature passes.
+    recent = signature_header(source.secret, body, now - 240)
+    assert (await post(http, source, body, recent)).status_code == 202
+
+
+async def test_a_rotated_secret_overlaps_its_successor_then_stops(
+    http: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    overlapping = await make_source(engine, tenant)
+    ended = await make_source(engine, tenant)
+    async with engine.begin() as conn:
+        rotated = await rotate_source(conn, overlapping.id, overlap=timedelta(hours=1))
+        cut = await rotate_source(conn, ended.id, overlap=timedelta(0))
+    assert rotated is not None and cut is not None
+    assert rotated.secret != overlapping.secret and rotated.previous_secret == overlapping.secret
+    # Both secrets verify during the overlap.
+    assert (await post(http, overlapping, inquiry("dan@example.com"))).status_code == 202
+    assert (await post(http, rotated, inquiry("dan2@example.com"))).status_code == 202
+    # A sender switching over may sign with both: one valid v1 is enough.
+    body = inquiry("dan3@example.com")
+    now = int(time.time())
+    unknown = sign("whsec_" + "y" * 43, now, body)
+    both = f"t={now},v1={unknown},v1={sign(rotated.secret, now, body)}"
+    assert (await post(http, rotated, body, both)).status_code == 202
+    # Rotated with no overlap: the old secret is refused at once, the new one works.
+    assert (await post(http, ended, inquiry("dan4@example.com"))).status_code == 401
+    assert (await post(http, cut, inquiry("dan5@example.com"))).status_code == 202
+
+
+async def test_a_secret_rotated_while_cached_works_within_a_second_and_revoked_ones_do_not(
+    http: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    source = await make_source(engine, tenant)
+    assert (await post(http, source, inquiry("eve@example.com"))).status_code == 202
+    async with engine.begin() as conn:
+        rotated = await rotate_source(conn, source.id, overlap=timedelta(hours=1))
+    assert rotated is not None
+    deadline = time.monotonic() + 5
+    while True:
+        answer = await post(http, rotated, inquiry("eve2@example.com"))
+        if answer.status_code == 202 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert answer.status_code == 202, answer.text
+    revoked = await make_source(engine, tenant)
+    async with engine.begin() as conn:
+        assert await revoke_source(conn, revoked.id)
+    assert (await post(http, revoked, inquiry("eve3@example.com"))).status_code == 401
+
+
+async def test_invalid_events_and_rate_limits(
+    http: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    source = await make_source(engine, tenant, rate=0.01, burst=2)
+    invalid = orjson.dumps({"type": "page_view", "visitorId": "v", "pageUrl": "ftp://x"})
+    answer = await post(http, source, invalid)
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["loc"] == ["body", "pageUrl"]
+    malformed = await post(http, source, b"{not json")
+    assert malformed.status_code == 400
+    # Unsigned requests do not spend the source's budget: it is checked after the signature.
+    for _ in range(5):
+        unsigned = await http.post(f"/hooks/{source.id}", content=b"{}", headers=JSON)
+        assert unsigned.status_code == 401
+    # The 422 and the 400 above took the two tokens of the burst.
+    over = await post(http, source, inquiry("fay@example.com"))
+    assert over.status_code == 429
+    assert 1 <= int(over.headers["retry-after"]) <= 100
+    assert over.headers["ratelimit-limit"] == "2"
+    wrong_method = await http.get(f"/hooks/{source.id}")
+    assert wrong_method.status_code == 405
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+EVENT_KEYS = ["type", "person", "visitorId", "pageUrl", "occurredAt", "metadata", "events"]
+BODIES = st.one_of(
+    JSON_VALUES,
+    st.dictionaries(st.sampled_from(EVENT_KEYS), JSON_VALUES, max_size=5),
+    st.fixed_dictionaries(
+        {"events": st.lists(st.dictionaries(st.sampled_from(EVENT_KEYS), JSON_VALUES), max_size=5)}
+    ),
+)
+
+
+async def test_any_signed_body_gets_an_answer_never_a_server_error(
+    http: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    source = await make_source(engine, tenant)
+    statuses: set[int] = set()
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(BODIES)
+    def check(value: object) -> None:
+        body = orjson.dumps(value)
+        answer = asyncio.run_coroutine_threadsafe(post(http, source, body), loop).result(30)
+        assert answer.status_code in {202, 400, 413, 422}, (body, answer.text)
+        statuses.add(answer.status_code)
+
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(check)
+    assert 422 in statuses  # the generator reached validation, not only the signature
+    odd = [
+        b'{"type":"x","visitorId":"v","metadata":{"n":123456789012345678901234567890}}',
+        b'{"type":"x","visitorId":"v","metadata":{"n":1e999}}',
+        b'{"events":' + b"[" * 300 + b"]" * 300 + b"}",
+        b'{"type":"x","visitorId":"v\\u0000"}',
+        b"\xff\xfe{}",
+        b"",
+    ]
+    for body in odd:
+        answer = await post(http, source, body)
+        assert answer.status_code in {202, 400, 422}, (body[:60], answer.text)
