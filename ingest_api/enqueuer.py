@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from uuid import UUID
 
 from shared.broker.writers import BrokerWriter, Claim, QueueUnavailableError, write_bound
 from shared.contract.queues import Envelope
@@ -89,13 +88,10 @@ class Enqueuer:
         finally:
             timer.cancel()
 
-    async def enqueue_all(
-        self, by_queue: dict[str, list[Envelope]], claims: Mapping[UUID, Claim] | None = None
-    ) -> dict[UUID, bytes]:
+    async def enqueue_all(self, by_queue: dict[str, list[Envelope]]) -> None:
         """Queue a client's batch now, in one write: all of it, or (QueueUnavailableError)
-        none of it with a Redis broker. Events whose claimed key is taken are not queued:
-        their keys' records are returned, by event id."""
-        return await self._writer.write(by_queue, self._timeout, claims)
+        none of it with a Redis broker."""
+        await self._writer.write(by_queue, self._timeout)
 
     async def close(self) -> None:
         """Let writes in flight finish, so no caller is left without an answer."""

@@ -19,14 +19,8 @@ from pydantic import ValidationError
 
 from ingest_api.problems import ProblemError, field_errors, validation_problem
 from ingest_api.state import IngestState
-from shared.broker.writers import Claim, QueueUnavailableError
+from shared.broker.writers import QueueUnavailableError
 from shared.contract.events import EventIn
-from shared.contract.outcomes import (
-    idempotency_key,
-    idempotency_record,
-    parse_idempotency_record,
-    payload_fingerprint,
-)
 from shared.contract.queues import ACTIVITY_QUEUE, LEADS_QUEUE, Envelope, queue_for
 from shared.ids import new_id
 
@@ -71,13 +65,13 @@ async def plan_events(
     items: list[Any],
     tenant_id: UUID,
     received_at: datetime,
-    keys: Callable[[int], str] | None = None,
+    ids: Callable[[int], UUID] | None = None,
     *,
     single: bool = False,
 ) -> Planned:
-    """Validate each item on its own, so a bad event never costs its neighbours; `keys` names
-    each event's idempotency key by its index. Errors are located under body.events[index],
-    or under body for a `single` event."""
+    """Validate each item on its own, so a bad event never costs its neighbours; `ids` names
+    each event's id by its index (default: a new one). Errors are located under
+    body.events[index], or under body for a `single` event."""
     planned = Planned([])
     for index, item in enumerate(items):
         if index % _EVENTS_PER_SLICE == _EVENTS_PER_SLICE - 1:
@@ -93,8 +87,9 @@ async def plan_events(
             )
             planned.results.append({"index": index, "status": "rejected", "errors": errors})
             continue
-        key = keys(index) if keys is not None else None
-        envelope = make_envelope(event, tenant_id, received_at, key, notify=False)
+        envelope = make_envelope(
+            event, tenant_id, received_at, None, notify=False, event_id=ids(index) if ids else None
+        )
         if (problem := unqueueable(envelope)) is not None:
             errors = [{**problem, "loc": ["body"] if single else ["body", "events", index]}]
             planned.results.append({"index": index, "status": "rejected", "errors": errors})
@@ -104,32 +99,17 @@ async def plan_events(
     return planned
 
 
-async def queue_planned(state: IngestState, planned: Planned, *, keyed: bool = False) -> bool:
-    """Queue the planned events in one write (all or none: 503). With `keyed`, each event's
-    idempotency key is claimed with it: an event whose key is taken is not queued and its
-    result names the key's first event. True if any was."""
+async def queue_planned(state: IngestState, planned: Planned) -> None:
+    """Queue the planned events in one write: all of them, or none and 503."""
     if not planned.by_queue:
-        return False
-    claims: dict[UUID, Claim] = {}
-    if keyed:
-        for envelopes in planned.by_queue.values():
-            for e in envelopes:
-                if e.idempotency_key is not None:
-                    record = idempotency_record(e.id, payload_fingerprint(e.payload))
-                    claims[e.id] = Claim(idempotency_key(e.tenant_id, e.idempotency_key), record)
+        return
     try:
-        taken = await state.enqueuer.enqueue_all(planned.by_queue, claims)
+        await state.enqueuer.enqueue_all(planned.by_queue)
     except QueueUnavailableError as exc:
         ENQUEUE_FAILURES.inc(sum(len(queued) for queued in planned.by_queue.values()))
         raise unavailable(exc) from None
     for queue, queued in planned.by_queue.items():
-        ACCEPTED[queue].inc(sum(1 for e in queued if e.id not in taken))
-    if taken:
-        first = {str(i): str(parse_idempotency_record(r)[0]) for i, r in taken.items()}
-        for result in planned.results:
-            if result.get("id") in first:
-                result["id"] = first[result["id"]]
-    return bool(taken)
+        ACCEPTED[queue].inc(len(queued))
 
 
 def unavailable(exc: QueueUnavailableError) -> ProblemError:
@@ -157,11 +137,16 @@ def unqueueable(envelope: Envelope) -> dict[str, Any] | None:
 
 
 def make_envelope(
-    event: EventIn, tenant_id: UUID, received_at: datetime, key: str | None, notify: bool
+    event: EventIn,
+    tenant_id: UUID,
+    received_at: datetime,
+    key: str | None,
+    notify: bool,
+    event_id: UUID | None = None,
 ) -> Envelope:
     # Every value is already valid: construct without validating again.
     return Envelope.model_construct(
-        id=new_id(),
+        id=event_id or new_id(),
         tenant_id=tenant_id,
         received_at=received_at,
         idempotency_key=key,

@@ -105,10 +105,11 @@ WEBHOOK_PROBLEMS = problems(
         f" {webhooks.TOLERANCE_SECONDS // 60} minutes from our clock) or wrong signature",
         405: "Not POST",
         408: "The body did not arrive within LEADSTREAM_BODY_TIMEOUT_SECONDS",
-        413: f"Body over {webhooks.BODY_LIMIT // 1024} KB, or an event over"
-        f" {EVENT_BODY_LIMIT // 1024} KB",
-        415: "A Content-Encoding other than gzip or identity",
-        422: "Invalid event (one event) or body (a batch): every wrong field in errors[].loc",
+        413: f"Body over {webhooks.BODY_LIMIT // 1024} KB, before or after gzip decoding",
+        415: "A Content-Encoding other than gzip or identity (Content-Type is not checked)",
+        422: "Invalid event, one over"
+        f" {EVENT_BODY_LIMIT // 1024} KB included (one event), or a body that is no batch:"
+        " every wrong field in errors[].loc",
         429: "Over the source's rate limit: Retry-After and RateLimit-* headers",
         503: "Queue unavailable, or the source cannot be checked now: retry after Retry-After",
     }

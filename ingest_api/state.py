@@ -22,7 +22,9 @@ class IngestState:
     token_verifier: TokenVerifier
     tenants: TenantGate
     migration_head: str | None
-    redis: aioredis.Redis  # reads only (GET routes, /readyz): the writes have their own pool
+    # Reads and small bookkeeping (GET routes, /readyz, webhook replay markers): the event
+    # writes have their own pool.
+    redis: aioredis.Redis
     enqueuer: Enqueuer
     waiter: OutcomeWaiter
     engine: AsyncEngine

@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
@@ -37,6 +37,7 @@ from shared.contract.queues import Envelope
 from shared.db.engine import create_engine, migrate_database
 from shared.db.sites import IP_POLICIES, Site, create_site, list_sites, revoke_site, tenant_names
 from shared.db.sources import (
+    OverlapRunningError,
     Source,
     create_source,
     list_sources,
@@ -503,8 +504,9 @@ def source_list(
     sources, names = asyncio.run(_with_connection(_settings().database_url, read))
     for source in sources:
         state = f"revoked {source.revoked_at:%Y-%m-%d %H:%M}" if source.revoked_at else "active"
-        if source.revoked_at is None and source.previous_expires_at is not None:
-            state += f", previous secret until {source.previous_expires_at:%Y-%m-%d %H:%M}"
+        previous = source.previous_expires_at
+        if source.revoked_at is None and previous is not None and previous > datetime.now(UTC):
+            state += f", previous secret until {previous:%Y-%m-%d %H:%M}"
         rate = _rate_text(source.rate_per_second, source.rate_burst)
         typer.echo(
             f"{source.id}  {names.get(source.tenant_id, source.tenant_id)}  {source.name}"
@@ -519,6 +521,9 @@ def source_rotate(
     overlap_hours: Annotated[
         float, typer.Option(help="How long the current secret stays valid.")
     ] = 24.0,
+    force: Annotated[
+        bool, typer.Option(help="Rotate even while the last rotation's overlap runs.")
+    ] = False,
 ) -> None:
     """A new secret, printed as {"id", "secret", "previousValidUntil"} JSON on the last line;
     the current one keeps working for --overlap-hours."""
@@ -526,7 +531,15 @@ def source_rotate(
         raise CommandError("--overlap-hours must be 0 to 720")
 
     async def rotate(conn: Any) -> Source | None:
-        return await rotate_source(conn, source_id, overlap=timedelta(hours=overlap_hours))
+        try:
+            return await rotate_source(
+                conn, source_id, overlap=timedelta(hours=overlap_hours), force=force
+            )
+        except OverlapRunningError as exc:
+            raise CommandError(
+                f"the secret rotated out last time verifies until {exc.args[0]:%Y-%m-%d %H:%M}:"
+                " rotating now would end that early; wait, or pass --force"
+            ) from None
 
     source: Source | None = asyncio.run(
         _with_connection(_settings().database_url, rotate, commit=True)

@@ -13,7 +13,8 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,9 +26,15 @@ log = structlog.get_logger(__name__)
 # with the read routes.
 MAX_LOOKUPS = 4
 
-T = TypeVar("T")
-# What a key names, or None when it is unknown, revoked or its tenant is disabled.
-Loader = Callable[[AsyncConnection, str], Awaitable[T | None]]
+
+class Revocable(Protocol):
+    @property
+    def revoked_at(self) -> datetime | None: ...
+    @property
+    def tenant_active(self) -> bool: ...
+
+
+T = TypeVar("T", bound=Revocable)
 
 
 class KeysUnavailableError(Exception):
@@ -36,20 +43,23 @@ class KeysUnavailableError(Exception):
 
 class KeyCache(Generic[T]):
     """A bounded, expiring cache of keys in front of PostgreSQL, one lookup per key at a
-    time."""
+    time. A kind of key says its `name` (for the log), its `shape` and how to `lookup` what it
+    names, revoked or not; a revoked one, or one whose tenant is disabled, counts as unknown."""
+
+    name: str
+    shape: re.Pattern[str]
+    lookup: Callable[[AsyncConnection, str], Awaitable[T | None]]
 
     def __init__(
         self,
         engine: AsyncEngine,
-        load: Loader[T],
-        shape: re.Pattern[str],
         *,
         ttl: float,
         max_entries: int,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._engine, self._load_one, self._shape = engine, load, shape
+        self._engine = engine
         self._ttl, self._max, self._timeout = ttl, max_entries, timeout
         self._clock = clock
         # key → (what it names, or None; when it was loaded)
@@ -60,11 +70,12 @@ class KeyCache(Generic[T]):
     async def find(self, key: str | None, *, max_age: float | None = None) -> T | None:
         """What `key` names; None for a malformed, unknown or revoked key. `max_age` (at most
         the cache's TTL) asks for an answer loaded no longer ago than that."""
-        if key is None or not self._shape.fullmatch(key):
+        if key is None or not self.shape.fullmatch(key):
             return None
         entry = self._entries.get(key)
         age = min(self._ttl, max_age) if max_age is not None else self._ttl
         if entry is not None and self._clock() - entry[1] < age:
+            self._entries.move_to_end(key)  # least recently used goes first, not oldest loaded
             return entry[0]
         loading = self._loading.get(key)
         if loading is None:
@@ -86,11 +97,13 @@ class KeyCache(Generic[T]):
                 asyncio.timeout(self._timeout),
                 self._engine.connect() as conn,
             ):
-                found = await self._load_one(conn, key)
+                found = await self.lookup(conn, key)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             # PostgreSQL cannot answer now; each door decides what that means for its sender.
-            log.warning("keys.unavailable", error=str(exc) or type(exc).__name__)
+            log.warning(f"{self.name}.unavailable", error=str(exc) or type(exc).__name__)
             raise KeysUnavailableError(type(exc).__name__) from None
+        if found is not None and (found.revoked_at is not None or not found.tenant_active):
+            found = None
         self._entries[key] = (found, self._clock())
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:

@@ -4,43 +4,17 @@ Every door that takes a site key (the pixel and the beacon; SDK protocols, which
 carry the key) finds its site through a `SiteKeys` cache (`ingest_api.sources.key_cache`).
 """
 
-import time
-from collections.abc import Callable
-
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from ingest_api.sources.key_cache import KeyCache
 from shared.db.sites import KEY_SHAPE, Site, find_site
-
-
-async def _active_site(conn: AsyncConnection, key: str) -> Site | None:
-    site = await find_site(conn, key)
-    usable = site is not None and site.revoked_at is None and site.tenant_active
-    return site if usable else None
 
 
 class SiteKeys(KeyCache[Site]):
     """The active site a key names; None for a malformed, unknown or revoked key, or one
     whose tenant is disabled."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        ttl: float,
-        max_entries: int,
-        timeout: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            engine,
-            _active_site,
-            KEY_SHAPE,
-            ttl=ttl,
-            max_entries=max_entries,
-            timeout=timeout,
-            clock=clock,
-        )
+    name = "site_keys"
+    shape = KEY_SHAPE
+    lookup = staticmethod(find_site)
 
 
 def origin_allowed(site: Site, origin: bytes | None) -> bool:

@@ -13,9 +13,11 @@ limit, so unsigned requests cannot spend a real sender's budget. Any failure of 
 three answers 401 and queues nothing.
 
 The body is one event, or `{"events": [...]}` (at most `BATCH_MAX_EVENTS`, each validated on
-its own, like the partner batch). Each event's idempotency key is derived from the signature,
-so a signed request delivered twice (a sender's retry, or a replay within the window) queues
-its events once and answers the first delivery's ids.
+its own, like the partner batch). A delivery is named by what its signature covers (source,
+timestamp, body): its events' ids are derived from that name, so the same signed request
+delivered twice (a sender's retry, or a replay within the window) answers the same ids, and
+the worker, which never inserts an id twice, stores its events once. A short-lived Redis
+marker spares queueing a delivery seen already; it is an optimisation, not the guarantee.
 """
 
 import hashlib
@@ -28,6 +30,7 @@ from uuid import UUID
 import orjson
 import structlog
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from ingest_api.asgi import Receive, Scope, Send
 from ingest_api.handoff import (
@@ -48,6 +51,7 @@ from ingest_api.responses import queued_body
 from ingest_api.sources.key_cache import KeysUnavailableError
 from ingest_api.state import IngestState
 from shared.db.sources import Source
+from shared.ids import derived_id
 
 log = structlog.get_logger(__name__)
 
@@ -65,15 +69,23 @@ _UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
 # a second, not a whole cache TTL, and bad signatures cost at most a query a second.
 RELOAD_SECONDS = 1.0
 
+# A delivery seen within this long is answered as a replay, queued nothing. Past it, its
+# signature is stale anyway (TOLERANCE_SECONDS either way of our clock, and a margin).
+REPLAY_SECONDS = 3 * TOLERANCE_SECONDS
+REPLAY_PREFIX = b"ls:hook:"
+
 REFUSED = Counter(
     "leadstream_webhook_refused_total", "Webhook requests refused with 401", ["reason"]
 )
 
 
+def _signed(timestamp: int, body: bytes) -> bytes:
+    return str(timestamp).encode() + b"." + body
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The `v1` signature of `body` sent at `timestamp` (what a sender computes)."""
-    message = str(timestamp).encode() + b"." + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return hmac.new(secret.encode(), _signed(timestamp, body), hashlib.sha256).hexdigest()
 
 
 def signature_header(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -82,9 +94,17 @@ def signature_header(secret: str, body: bytes, timestamp: int | None = None) -> 
     return f"t={at},v1={sign(secret, at, body)}"
 
 
-def _refused(reason: str, detail: str) -> ProblemError:
+def _refused(
+    reason: str, detail: str, loc: tuple[str, str] = ("header", "X-Leadstream-Signature")
+) -> ProblemError:
     REFUSED.labels(reason).inc()
-    return ProblemError(401, "Unauthorized", detail, kind="unauthorized")
+    return ProblemError(
+        401,
+        "Unauthorized",
+        detail,
+        kind="unauthorized",
+        errors=[{"loc": list(loc), "msg": detail, "type": reason}],
+    )
 
 
 def _parse_signature(header: bytes | None, now: float) -> tuple[int, list[str]]:
@@ -115,15 +135,14 @@ def _parse_signature(header: bytes | None, now: float) -> tuple[int, list[str]]:
     return timestamp, signatures
 
 
-def _verified(source: Source, timestamp: int, signatures: list[str], body: bytes) -> str | None:
-    """The signature that matches one of the source's valid secrets, if any."""
-    matched = None
+def _verified(source: Source, timestamp: int, signatures: list[str], body: bytes) -> bool:
+    """Whether a signature matches one of the source's valid secrets."""
+    matched = False
     for secret in source.secrets_valid_at(datetime.now(UTC)):
         expected = sign(secret, timestamp, body)
         for given in signatures:
             # Every pair is compared, so the time taken says nothing of which one matched.
-            if hmac.compare_digest(expected, given):
-                matched = given
+            matched |= hmac.compare_digest(expected, given)
     return matched
 
 
@@ -157,16 +176,20 @@ async def _receive(state: IngestState, scope: Scope, receive: Receive, send: Sen
     source = await _source(state, source_id)
     timestamp, signatures = _parse_signature(headers.get(SIGNATURE_HEADER), time.time())
     raw = await read_body(headers, receive, BODY_LIMIT, state.settings.body_timeout_seconds)
-    matched = _verified(source, timestamp, signatures, raw)
-    if matched is None:
+    if not _verified(source, timestamp, signatures, raw):
         # Perhaps signed with a secret rotated in since this process cached the source.
-        fresh = await _source(state, source_id, max_age=RELOAD_SECONDS)
-        matched = _verified(fresh, timestamp, signatures, raw)
-        source = fresh
-    if matched is None:
-        raise _refused("mismatch", "the signature does not match the body and a valid secret")
+        source = await _source(state, source_id, max_age=RELOAD_SECONDS)
+        if not _verified(source, timestamp, signatures, raw):
+            raise _refused("mismatch", "the signature does not match the body and a valid secret")
+    # What the signature covers names the delivery, whichever of its v1= matched.
+    delivery = hashlib.sha256(source.id.encode() + b"|" + _signed(timestamp, raw)).digest()
+    marker = REPLAY_PREFIX + delivery[:16]
+    replayed = await _seen(state, marker)
+    # A replay spends a bucket of its own: whoever holds a captured request cannot use it to
+    # spend the sender's budget.
+    bucket = f"{'hook-replay' if replayed else 'source'}:{source.id}"
     decision = await state.limiter.check(
-        f"source:{source.id}", rate=source.rate_per_second, burst=source.rate_burst
+        bucket, rate=source.rate_per_second, burst=source.rate_burst
     )
     if not decision.allowed:
         raise too_many_requests(decision, "source")
@@ -177,7 +200,7 @@ async def _receive(state: IngestState, scope: Scope, receive: Receive, send: Sen
         [data] if single else batch_items(data),
         source.tenant_id,
         datetime.now(UTC),
-        keys=lambda index: f"hook:{source.id}:{matched}:{index}",
+        ids=lambda index: derived_id(timestamp * 1000, delivery + index.to_bytes(2, "big")),
         single=single,
     )
     if single and planned.results[0]["status"] == "rejected":
@@ -189,12 +212,31 @@ async def _receive(state: IngestState, scope: Scope, receive: Receive, send: Sen
             kind="validation",
             errors=errors,
         )
-    replayed = await queue_planned(state, planned, keyed=True)
     extra = {"Idempotent-Replayed": "true"} if replayed else {}
+    if not replayed:
+        await queue_planned(state, planned)
+        await _remember(state, marker)
     if single:
         await send_accepted(send, queued_body(UUID(planned.results[0]["id"])), extra)
     else:
         await send_accepted(send, orjson.dumps({"results": planned.results}), extra)
+
+
+async def _seen(state: IngestState, marker: bytes) -> bool:
+    """Whether this delivery was queued already. Unknown while Redis does not answer: then it
+    is queued again, and its events' ids, derived from the delivery, are stored once."""
+    try:
+        return bool(await state.redis.exists(marker))
+    except (RedisError, OSError) as exc:
+        log.warning("webhook.replay_check_failed", error=str(exc) or type(exc).__name__)
+        return False
+
+
+async def _remember(state: IngestState, marker: bytes) -> None:
+    try:
+        await state.redis.set(marker, b"1", ex=REPLAY_SECONDS)
+    except (RedisError, OSError) as exc:
+        log.warning("webhook.replay_mark_failed", error=str(exc) or type(exc).__name__)
 
 
 async def _source(state: IngestState, source_id: str, max_age: float | None = None) -> Source:
@@ -210,5 +252,5 @@ async def _source(state: IngestState, source_id: str, max_age: float | None = No
             headers={"Retry-After": "1"},
         ) from None
     if source is None:
-        raise _refused("unknown-source", "this source is unknown or revoked")
+        raise _refused("unknown-source", "this source is unknown or revoked", ("path", "sourceId"))
     return source

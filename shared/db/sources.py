@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db.tables import sources_t, tenants_t
@@ -77,14 +78,9 @@ async def create_source(
     rate_burst: int | None = None,
 ) -> Source:
     """A new source and its first secret; ValueError if the tenant already has one so named."""
-    existing = await conn.execute(
-        select(sources_t.c.id).where(sources_t.c.tenant_id == tenant_id, sources_t.c.name == name)
-    )
-    if existing.first() is not None:
-        raise ValueError(f"the tenant already has a source named {name!r}")
     row = (
         await conn.execute(
-            sources_t.insert()
+            insert(sources_t)
             .values(
                 id=ID_PREFIX + secrets.token_urlsafe(16),
                 tenant_id=tenant_id,
@@ -93,9 +89,13 @@ async def create_source(
                 rate_per_second=rate_per_second,
                 rate_burst=rate_burst,
             )
+            # Not a check before the insert: two concurrent creations would both pass it.
+            .on_conflict_do_nothing(index_elements=["tenant_id", "name"])
             .returning(*sources_t.c)
         )
-    ).one()
+    ).one_or_none()
+    if row is None:
+        raise ValueError(f"the tenant already has a source named {name!r}")
     return _source(row)
 
 
@@ -118,15 +118,23 @@ async def list_sources(conn: AsyncConnection, *, tenant_id: UUID | None = None) 
     return [_source(row) for row in await conn.execute(query)]
 
 
+class OverlapRunningError(Exception):
+    """The secret rotated out last time still verifies: rotating again would end it early."""
+
+
 async def rotate_source(
-    conn: AsyncConnection, source_id: str, *, overlap: timedelta
+    conn: AsyncConnection, source_id: str, *, overlap: timedelta, force: bool = False
 ) -> Source | None:
     """A new secret for an active source; the current one stays valid for `overlap`. None if
-    there is no such active source."""
+    there is no such active source; OverlapRunningError while the previous rotation's overlap
+    runs, unless `force` (which ends it now: a sender still on that secret is refused)."""
+    active = [sources_t.c.id == source_id, sources_t.c.revoked_at.is_(None)]
+    expires = sources_t.c.previous_expires_at
+    ended = [or_(expires.is_(None), expires <= func.now())] if not force else []
     row = (
         await conn.execute(
             update(sources_t)
-            .where(sources_t.c.id == source_id, sources_t.c.revoked_at.is_(None))
+            .where(*active, *ended)
             .values(
                 previous_secret=sources_t.c.secret,
                 previous_expires_at=func.now() + overlap,
@@ -135,7 +143,12 @@ async def rotate_source(
             .returning(*sources_t.c)
         )
     ).one_or_none()
-    return _source(row) if row is not None else None
+    if row is not None:
+        return _source(row)
+    source = await find_source(conn, source_id)
+    if source is None or source.revoked_at is not None:
+        return None
+    raise OverlapRunningError(source.previous_expires_at)
 
 
 async def revoke_source(conn: AsyncConnection, source_id: str) -> bool:

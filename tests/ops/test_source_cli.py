@@ -39,6 +39,18 @@ async def test_create_list_rotate_revoke(
     assert source.previous_expires_at is not None
     assert source.previous_expires_at.isoformat() == new["previousValidUntil"]
 
+    # A second rotation while the first one's overlap runs would cut that overlap short.
+    again = leadstream("source", "rotate", printed["id"], **env)
+    one_line(again, "verifies until", "--force")
+    forced = leadstream("source", "rotate", printed["id"], "--force", "--overlap-hours", "2", **env)
+    assert forced.returncode == 0, forced.stderr
+    newest = json.loads(forced.stdout.strip().splitlines()[-1])
+    async with engine.connect() as conn:
+        source = await find_source(conn, printed["id"])
+    assert source is not None and source.previous_secret == new["secret"]
+    assert source.secret == newest["secret"]
+    new = newest
+
     listed = leadstream("source", "list", "--tenant", tenant.name, **env)
     assert listed.returncode == 0, listed.stderr
     [line] = listed.stdout.splitlines()

@@ -1,6 +1,7 @@
 """Signed webhooks through the running stack: signatures, rotation, replays, limits, storage."""
 
 import asyncio
+import gzip
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -9,13 +10,15 @@ from datetime import timedelta
 import httpx
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_api.sources.webhooks import sign, signature_header
 from shared.db.sources import Source, create_source, revoke_source, rotate_source
-from tests.support.http import accepted_count
+from shared.settings import Settings
+from tests.support.http import accepted_count, wait_for_outcome
 from tests.support.processes import WorkerProcess
 from tests.support.sites import stored_events
 from tests.support.tenants import Tenant
@@ -60,7 +63,11 @@ async def post(
 
 
 async def test_signed_events_and_batches_are_stored_once_even_when_delivered_twice(
-    http: httpx.AsyncClient, worker: WorkerProcess, engine: AsyncEngine, tenant: Tenant
+    http: httpx.AsyncClient,
+    worker: WorkerProcess,
+    engine: AsyncEngine,
+    tenant: Tenant,
+    settings: Settings,
 ) -> None:
     source = await make_source(engine, tenant)
     single = inquiry("ann@example.com")
@@ -87,19 +94,83 @@ async def test_signed_events_and_batches_are_stored_once_even_when_delivered_twi
     assert results[1]["errors"][0]["loc"] == ["body", "events", 1, "pageUrl"]
 
     # The same signed requests again (a sender's retry, or a replay within the window): the
-    # first delivery's ids, nothing queued again.
+    # first delivery's ids, nothing queued again, however the header is written (the delivery
+    # is what the signature covers, not the header's text).
     before = await accepted_count(http)
-    again = await post(http, source, single, header)
-    assert again.status_code == 202 and again.json()["id"] == event_id
-    assert again.headers["idempotent-replayed"] == "true"
+    t, v1 = (part.split("=")[1] for part in header.split(","))
+    junk = "0" * 64
+    for variant in (header, f"v1={v1.upper()},t={t}", f"t={t},v1={junk},v1={v1}"):
+        again = await post(http, source, single, variant)
+        assert again.status_code == 202 and again.json()["id"] == event_id, variant
+        assert again.headers["idempotent-replayed"] == "true"
     batch_again = await post(http, source, batch, batch_header)
     assert batch_again.json()["results"] == results
     assert await accepted_count(http) == before
 
+    # Redis forgot the delivery (restarted, or the marker expired): queued again, with the same
+    # ids, and the worker stores nothing twice.
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    for marker in await redis.keys(b"ls:hook:*"):
+        await redis.delete(marker)
+    await redis.aclose()
+    forgotten = await post(http, source, batch, batch_header)
+    assert forgotten.json()["results"] == results and "idempotent-replayed" not in forgotten.headers
+    assert await accepted_count(http) == before + 2
+    ids = [event_id, results[0]["id"], results[2]["id"]]
+    reader = httpx.AsyncClient(base_url=str(http.base_url), headers=tenant.headers, timeout=30)
+    async with reader:
+        for queued in ids:
+            outcome = await wait_for_outcome(reader, queued)
+            assert outcome.status_code in {200, 201}, outcome.text
     rows = await stored_events(engine, tenant.id, 3)
-    assert len(rows) == 3
-    assert {str(row.id) for row in rows} == {event_id, results[0]["id"], results[2]["id"]}
+    assert sorted(str(row.id) for row in rows) == sorted(ids)
     assert sorted(row.event_type for row in rows) == ["inquiry", "inquiry", "property_view"]
+
+
+async def test_a_secret_rotated_out_still_names_the_same_delivery(
+    http: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    # A sender signing with both secrets during an overlap; a replay keeping only the old
+    # signature is the same delivery.
+    source = await make_source(engine, tenant)
+    async with engine.begin() as conn:
+        rotated = await rotate_source(conn, source.id, overlap=timedelta(hours=1))
+    assert rotated is not None
+    body = inquiry("gil@example.com")
+    now = int(time.time())
+    old, new = sign(source.secret, now, body), sign(rotated.secret, now, body)
+    first = await post(http, rotated, body, f"t={now},v1={new},v1={old}")
+    assert first.status_code == 202
+    only_old = await post(http, rotated, body, f"t={now},v1={old}")
+    assert only_old.json()["id"] == first.json()["id"]
+    assert only_old.headers["idempotent-replayed"] == "true"
+
+
+async def test_gzip_is_signed_as_sent_and_bodies_are_bounded(
+    http: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    source = await make_source(engine, tenant)
+    plain = inquiry("hal@example.com")
+    packed = gzip.compress(plain)
+    gzipped = {**JSON, "Content-Encoding": "gzip"}
+
+    async def send(body: bytes, headers: dict[str, str], signed: bytes) -> httpx.Response:
+        signature = signature_header(source.secret, signed)
+        return await http.post(
+            f"/hooks/{source.id}",
+            content=body,
+            headers={**headers, "X-Leadstream-Signature": signature},
+        )
+
+    assert (await send(packed, gzipped, packed)).status_code == 202
+    # Signed over the decoded body: not what was sent.
+    assert (await send(packed, gzipped, plain)).status_code == 401
+    bomb = gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")
+    assert (await send(bomb, gzipped, bomb)).status_code == 413
+    too_large = b" " * (512 * 1024 + 1)
+    assert (await send(too_large, JSON, too_large)).status_code == 413
+    brotli = await send(plain, {**JSON, "Content-Encoding": "br"}, plain)
+    assert brotli.status_code == 415
 
 
 async def test_bad_signatures_get_401_and_queue_nothing(
