@@ -277,9 +277,7 @@ class Source(Base):
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, ForeignKey("tenants.id", ondelete="CASCADE")
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(255))
     secret: Mapped[str] = mapped_column(Text)
     # After a rotation the old secret still verifies until previous_expires_at, so a sender
