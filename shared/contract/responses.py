@@ -7,6 +7,9 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+# Why a stored occurredAt is not the client's (worker/matching/clock.py decides).
+ClockAdjustment = Literal["corrected", "clamped"]
+
 
 class ResponseModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
