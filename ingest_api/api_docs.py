@@ -4,6 +4,7 @@
 is stale.
 """
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,9 +119,9 @@ def _type(spec: dict[str, Any]) -> str:
     if spec.get("type") == "array":
         return f"array of {_type(spec.get('items', {}))}"
     if "enum" in spec:
-        return " \\| ".join(f"`{v}`" for v in spec["enum"])
+        return " \\| ".join(f"`{_value(v)}`" for v in spec["enum"])
     if "const" in spec:
-        return f"`{spec['const']}`"
+        return f"`{_value(spec['const'])}`"
     kind = str(spec.get("type", "any"))
     return f"{kind} ({spec['format']})" if "format" in spec else kind
 
@@ -140,8 +141,13 @@ def _limits(spec: dict[str, Any]) -> str:
     for part in [spec, *spec.get("anyOf", [])]:
         found += [text.format(part[key]) for key, text in _LIMITS.items() if key in part]
     if "default" in spec and spec["default"] not in (None, [], {}):
-        found.append(f"default `{spec['default']}`")
+        found.append(f"default `{_value(spec['default'])}`")
     return ", ".join(dict.fromkeys(found))
+
+
+def _value(value: Any) -> str:
+    # As the wire spells it: `true`, not Python's `True`.
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def _cell(text: str) -> str:

@@ -147,6 +147,7 @@ def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
         created=result.created_events,
         replayed=result.replayed_events,
         failed=result.failed_events,
+        bots=result.bot_events,
         ms=round((time.perf_counter() - started) * 1000, 1),
     )
     for tenant_id, visitor_id in result.backfills:

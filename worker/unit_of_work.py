@@ -99,6 +99,7 @@ def _combine(results: list[BatchResult]) -> BatchResult:
         sum(r.created_events for r in results),
         sum(r.replayed_events for r in results),
         sum(r.failed_events for r in results),
+        sum(r.bot_events for r in results),
         [b for r in results for b in r.backfills],
     )
 

@@ -61,6 +61,13 @@ async def read_timeline(
     since: Annotated[AwareDatetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 25,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    exclude_bots: Annotated[
+        bool,
+        Query(
+            alias="excludeBots",
+            description="true: leave out the events marked `bot`",
+        ),
+    ] = False,
 ) -> Response:
     """Up to `limit` events of the person, newest first; `nextCursor` is null on the last page."""
     before = _decode_cursor(cursor) if cursor is not None else None
@@ -74,6 +81,7 @@ async def read_timeline(
             event_type=event_type,
             since=since,
             before=before,
+            without_bots=exclude_bots,
             limit=limit + 1,  # one more tells whether a next page exists
         )
     next_cursor = _encode_cursor(page[limit - 1][1]) if len(page) > limit else None

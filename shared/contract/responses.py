@@ -7,6 +7,9 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+# Why a stored occurredAt is not the client's (worker/matching/clock.py decides).
+ClockAdjustment = Literal["corrected", "clamped"]
+
 
 class ResponseModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
@@ -55,7 +58,14 @@ class CompanyOut(ResponseModel):
 
 
 class EventOut(ResponseModel):
-    """The stored event: its ids and times plus the fields that were sent."""
+    """The stored event: its ids and times plus the fields that were sent.
+
+    `bot` is present, and `true`, only when the event's User-Agent is a known crawler's or
+    headless browser's. `occurredAt` is by the server's clock: when the client's clock
+    (`sentAt` against the time of receipt) was off by more than 5 minutes, the client's
+    `occurredAt` is shifted by that offset (`clockAdjustment` `corrected`); a time still more
+    than a day ahead of receipt becomes the time of receipt (`clamped`). `clientOccurredAt` and
+    `sentAt` are the client's times as sent."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
@@ -65,6 +75,10 @@ class EventOut(ResponseModel):
     event_type: str
     occurred_at: datetime
     created_at: datetime
+    bot: Literal[True] | None = None
+    client_occurred_at: datetime | None = None
+    sent_at: datetime | None = None
+    clock_adjustment: ClockAdjustment | None = None
 
 
 class Timeline(ResponseModel):

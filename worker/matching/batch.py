@@ -30,6 +30,7 @@ class BatchResult:
     created_events: int
     replayed_events: int
     failed_events: int
+    bot_events: int  # stored events marked as a bot's
     # Visitors whose earlier anonymous events were not all attached: the follow-up task's work.
     backfills: list[tuple[UUID, str]] = field(default_factory=list)
 
@@ -56,7 +57,8 @@ async def process_batch(
     stored = await load_outcomes(conn, set(plan.answers.values()))
     outcomes = {eid: stored[src] for eid, src in plan.answers.items() if src in stored}
     backfills = list(plan.visitor_rows) if backfill_left else []
-    return BatchResult(outcomes, plan.created, plan.replayed, len(plan.dead_rows), backfills)
+    bots = sum(row["bot"] for row in plan.event_rows)
+    return BatchResult(outcomes, plan.created, plan.replayed, len(plan.dead_rows), bots, backfills)
 
 
 def _parse_all(

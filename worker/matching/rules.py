@@ -5,7 +5,6 @@ a failure, or a new event row with its person and company resolved), and accumul
 that `write` then stores, one statement per table.
 """
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +14,8 @@ from uuid import UUID
 from shared.contract.queues import Envelope
 from shared.ids import new_id
 from worker.errors import EventFailedError, PoisonEventError
+from worker.matching.bots import is_bot
+from worker.matching.clock import event_time
 from worker.matching.load import CompanyRow, Found, Owners, PersonRow
 from worker.matching.parse import Contact, ParsedEvent
 
@@ -327,10 +328,7 @@ class Plan:
                 "person_id": person.id,
                 "updated_at": self.now,
             }
-        occurred = e.occurred_at or env.received_at
-        if e.occurred_at is not None and e.sent_at is not None:
-            with contextlib.suppress(OverflowError):  # an absurd skew is left uncorrected
-                occurred = e.occurred_at + (env.received_at - e.sent_at)
+        time = event_time(occurred_at=e.occurred_at, sent_at=e.sent_at, received_at=env.received_at)
         self.event_rows.append(
             {
                 "id": env.id,
@@ -339,7 +337,7 @@ class Plan:
                 "company_id": company.id if company else None,
                 "visitor_id": e.visitor_id,
                 "event_type": e.type,
-                "occurred_at": occurred,
+                "occurred_at": time.occurred_at,
                 "received_at": env.received_at,
                 "created_at": self.now,
                 "idempotency_key": env.idempotency_key,
@@ -357,6 +355,10 @@ class Plan:
                 "was_person_created": person_created,
                 "was_company_created": company_created if company is not None else None,
                 "match_conflict": [str(i) for i in conflicts] or None,
+                "bot": is_bot(e.user_agent),
+                "client_occurred_at": e.occurred_at,
+                "sent_at": e.sent_at,
+                "clock_adjustment": time.adjustment,
             }
         )
         if env.idempotency_key is not None:

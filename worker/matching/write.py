@@ -246,6 +246,10 @@ _INSERT_EVENTS = BulkInsert(
         "was_person_created": "bool",
         "was_company_created": "bool",
         "match_conflict": "jsonb",
+        "bot": "bool",
+        "client_occurred_at": "timestamptz",
+        "sent_at": "timestamptz",
+        "clock_adjustment": "text",
     },
     "ON CONFLICT DO NOTHING RETURNING id",
 )

@@ -36,14 +36,16 @@ async def plan_of(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("by_type", [False, True])
 @pytest.mark.parametrize(("since", "before"), [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("without_bots", [False, True])
 async def test_the_timeline_reads_an_index_of_known_people_only(
-    engine: AsyncEngine, by_type: bool, since: bool, before: bool
+    engine: AsyncEngine, by_type: bool, since: bool, before: bool, without_bots: bool
 ) -> None:
     # The statement as the API prepares it, planned as PostgreSQL plans it after a few runs:
     # generically, without the parameters' values. Every filter must be an index condition of
-    # an index read in the timeline's order. (Scans and sorts are made a last resort, so the
-    # plan does not depend on how few rows the test database holds.)
-    sql = reads.timeline_sql(by_type=by_type, since=since, before=before)
+    # an index read in the timeline's order, but for the bot flag, a filter on what it reads.
+    # (Scans and sorts are made a last resort, so the plan does not depend on how few rows the
+    # test database holds.)
+    sql = reads.timeline_sql(by_type=by_type, since=since, before=before, without_bots=without_bots)
     values = [f"'{uuid.uuid4()}'", f"'{uuid.uuid4()}'"]
     values += ["'inquiry'"] * by_type + ["now()"] * since + ["now()", f"'{uuid.uuid4()}'"] * before
     async with engine.begin() as conn:
@@ -61,6 +63,7 @@ async def test_the_timeline_reads_an_index_of_known_people_only(
     (cond,) = [line for line in plan.splitlines() if "Index Cond" in line]
     assert "person_id" in cond and ("event_type" in cond) is by_type, plan
     assert ("occurred_at" in cond) is (since or before), plan
+    assert ("NOT bot" in plan) is without_bots, plan
 
 
 @pytest.mark.parametrize("column", ["person_id", "company_id"])

@@ -468,6 +468,28 @@ def test_an_event_row_has_every_column_of_the_events_table() -> None:
     assert set(row_of(planned(Found(), item), item)) == set(events_t.columns.keys())
 
 
+def test_an_event_row_keeps_the_clients_clock_as_sent_and_marks_a_bot() -> None:
+    # The clock rule itself: tests/worker/matching/test_clock.py; bots: test_bots.py.
+    sent = datetime.now(UTC) - timedelta(hours=2)
+    item = event(
+        {
+            **ANON,
+            "userAgent": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "occurredAt": (sent - timedelta(minutes=1)).isoformat(),
+            "sentAt": sent.isoformat(),
+        }
+    )
+    row = row_of(planned(Found(), item), item)
+    assert (row["bot"], row["clock_adjustment"]) == (True, "corrected")
+    assert (row["client_occurred_at"], row["sent_at"]) == (sent - timedelta(minutes=1), sent)
+    assert row["occurred_at"] == item.envelope.received_at - timedelta(minutes=1)
+
+    plain = event(ANON)
+    row = row_of(planned(Found(), plain), plain)
+    assert (row["bot"], row["client_occurred_at"], row["sent_at"]) == (False, None, None)
+    assert (row["occurred_at"], row["clock_adjustment"]) == (plain.envelope.received_at, None)
+
+
 # Unverified phones (not valid for the tenant's region) -----------------------------------------
 
 PLACEHOLDERS = ["000-000-0000", "(000) 000-0000", "1234567890", "111 111 1111", "+1-555-1234"]
