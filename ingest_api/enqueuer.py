@@ -16,6 +16,7 @@ from shared.broker.writers import BrokerWriter, Claim, QueueUnavailableError, wr
 from shared.contract.queues import Envelope
 
 Taken = bytes | None  # the record of the key that named another event, or None: queued
+_Pending = tuple[Envelope, Claim | None, asyncio.Future[Taken]]
 
 
 def _give_up(done: asyncio.Future[Taken]) -> None:
@@ -30,9 +31,7 @@ class _Lane:
     queue: str
     linger: float
     flush_events: int
-    pending: list[tuple[Envelope, Claim | None, asyncio.Future[Taken]]] = field(
-        default_factory=list
-    )
+    pending: list["_Pending"] = field(default_factory=list)
     flushing: bool = False
     full: asyncio.Event = field(default_factory=asyncio.Event)  # ends a linger early
 
@@ -112,19 +111,37 @@ class Enqueuer:
                         async with asyncio.timeout(lane.linger):
                             await lane.full.wait()
                 batch, lane.pending = lane.pending, []
-                claims = {e.id: claim for e, claim, _ in batch if claim is not None}
                 try:
-                    taken = await self._writer.write(
-                        {lane.queue: [e for e, _, _ in batch]}, self._timeout, claims
-                    )
-                except Exception as exc:  # every waiter hears of it: a 503, or the bug as is
-                    for _, _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                            done.exception()  # a waiter that timed out must not warn on GC
-                else:
-                    for e, _, done in batch:
-                        if not done.done():
-                            done.set_result(taken.get(e.id))
+                    await self._write(lane.queue, batch)
+                except QueueUnavailableError as exc:
+                    _fail(batch, exc)  # the broker failed them all
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _fail(batch, exc)
+                        continue
+                    # A bug that one event may have caused (no broker error): each is written
+                    # alone, so only the culprit's caller hears of it. A part the failed write
+                    # queued is queued again under the same ids, which the worker stores once.
+                    for item in batch:
+                        try:
+                            await self._write(lane.queue, [item])
+                        except Exception as alone:
+                            _fail([item], alone)
         finally:
             lane.flushing = False
+
+    async def _write(self, queue: str, batch: list[_Pending]) -> None:
+        claims = {e.id: claim for e, claim, _ in batch if claim is not None}
+        envelopes = [e for e, _, _ in batch]
+        taken = await self._writer.write({queue: envelopes}, self._timeout, claims)
+        for e, _, done in batch:
+            if not done.done():
+                done.set_result(taken.get(e.id))
+
+
+def _fail(batch: list[_Pending], exc: Exception) -> None:
+    """Each waiter hears `exc` as it is: a 503 (QueueUnavailableError), or the bug."""
+    for _, _, done in batch:
+        if not done.done():
+            done.set_exception(exc)
+            done.exception()  # a waiter that timed out must not warn on GC

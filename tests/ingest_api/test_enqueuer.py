@@ -24,8 +24,8 @@ def _envelope() -> Envelope:
     )
 
 
-@pytest.mark.parametrize("fail", [QueueUnavailableError("down"), ValueError("a bug")])
-async def test_every_waiter_of_a_lane_hears_the_writers_error_as_it_was(fail: Exception) -> None:
+async def test_every_waiter_of_a_lane_hears_a_broker_failure() -> None:
+    fail = QueueUnavailableError("down")
     writer = StandInWriter(fail)
     enqueuer = Enqueuer(writer, timeout=1, linger={QUEUE: 5}, flush_events={QUEUE: 4})
     answers = await asyncio.gather(
@@ -33,8 +33,23 @@ async def test_every_waiter_of_a_lane_hears_the_writers_error_as_it_was(fail: Ex
     )
     assert answers == [fail] * 4
     assert [count for count, _ in writer.writes] == [4]  # one write for the full message
-    with pytest.raises(type(fail)):
+    with pytest.raises(QueueUnavailableError):
         await enqueuer.enqueue_all({QUEUE: [_envelope()]})
+    await enqueuer.close()
+
+
+async def test_a_bug_one_event_causes_fails_its_caller_only() -> None:
+    events = [_envelope() for _ in range(4)]
+    bug = ValueError("a bug")
+    writer = StandInWriter(bug, fail_for={events[2].id})
+    enqueuer = Enqueuer(writer, timeout=1, linger={QUEUE: 5}, flush_events={QUEUE: 4})
+    answers = await asyncio.gather(
+        *(enqueuer.enqueue(e, queue=QUEUE) for e in events), return_exceptions=True
+    )
+    assert answers == [None, None, bug, None]
+    # The whole message first, then each event alone.
+    assert [count for count, _ in writer.writes] == [4, 1, 1, 1, 1]
+    assert writer.written == [events[0], events[1], events[3]]
     await enqueuer.close()
 
 

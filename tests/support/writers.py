@@ -10,10 +10,18 @@ from shared.contract.queues import Envelope
 
 class StandInWriter:
     """Records what it is given (the events, and each write's size and timeout); raises
-    `fail` after recording, or hangs until `release` is set. Claims are kept like Redis keeps
-    them: the first event under a key owns it."""
+    `fail` after recording (only for writes holding one of `fail_for`, if given), or hangs
+    until `release` is set. Claims are kept like Redis keeps them: the first event under a
+    key owns it."""
 
-    def __init__(self, fail: Exception | None = None, *, hang: bool = False) -> None:
+    def __init__(
+        self,
+        fail: Exception | None = None,
+        *,
+        hang: bool = False,
+        fail_for: set[uuid.UUID] | None = None,
+    ) -> None:
+        self.fail_for = fail_for
         self.written: list[Envelope] = []
         self.writes: list[tuple[int, float]] = []
         self.keys: dict[bytes, bytes] = {}
@@ -29,7 +37,8 @@ class StandInWriter:
         self.writes.append((sum(map(len, by_queue.values())), timeout))
         if self.hang:
             await self.release.wait()
-        if self.fail is not None:
+        ids = {e.id for envelopes in by_queue.values() for e in envelopes}
+        if self.fail is not None and (self.fail_for is None or ids & self.fail_for):
             raise self.fail
         taken: dict[uuid.UUID, bytes] = {}
         for e in (e for envelopes in by_queue.values() for e in envelopes):
