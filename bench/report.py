@@ -295,7 +295,8 @@ def _steps_and_reproduce(results: "Results") -> list[str]:
         "It uses PostgreSQL and Redis on localhost when they answer (else embedded ones), a "
         "fresh database `leadstream_bench_<hex>` (dropped at the end) and Redis db "
         f"{cfg.redis_db} (FLUSHDB before and after). Processes: `uvicorn ... --loop uvloop "
-        "--http httptools --no-access-log` (1 worker) for (a) and the API, `celery -A worker.app "
+        "--http ingest_api.server:GuardedHttpToolsProtocol --no-access-log` (1 worker) for (a)"
+        " and the API, `celery -A worker.app "
         "worker --queues leads,activity --concurrency 2`, and wrk with `bench/lua/*.lua`.",
         "",
     ]
