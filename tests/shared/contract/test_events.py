@@ -45,6 +45,11 @@ def nested(depth: int) -> Any:
         ({"company": {"name": "\ufb03" * 255}}, ("company", "name")),
         ({"metadata": {"n": 2**70}}, ("metadata",)),
         ({"metadata": nested(MAX_JSON_DEPTH + 1)}, ("metadata",)),
+        ({"metadata": {"__type__": "uuid", "__value__": "x"}}, ("metadata",)),
+        (
+            {"metadata": {"at": [{"__type__": "datetime", "__value__": "2020-01-01"}]}},
+            ("metadata",),
+        ),
         (
             {"person": {"emails": [f"a{i}@example.com" for i in range(MAX_CONTACTS + 1)]}},
             ("person", "emails"),
