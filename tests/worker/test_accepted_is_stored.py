@@ -8,7 +8,6 @@ kombu's decoder reads as typed values.
 """
 
 import asyncio
-import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -16,15 +15,15 @@ from typing import Any
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from kombu.serialization import loads as kombu_loads
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ingest_api.handoff import make_envelope, unqueueable
 from shared.broker.wire import task_message
 from shared.contract.events import EventIn
-from shared.contract.queues import Envelope, queue_for
+from shared.contract.queues import queue_for
 from shared.settings import Settings
+from tests.support.messages import worker_reads
 from tests.support.tenants import make_tenant
 from worker.unit_of_work import commit_batch
 
@@ -222,14 +221,6 @@ bodies = st.one_of(
 )
 
 
-def _as_worker_reads(message: bytes) -> list[Envelope]:
-    """The envelopes of a Redis task message, decoded as the Celery worker decodes it."""
-    wire = json.loads(message)
-    body = base64.b64decode(wire["body"])
-    args, _, _ = kombu_loads(body, wire["content-type"], wire["content-encoding"])
-    return [Envelope.model_validate(e) for e in args[0]]
-
-
 def test_every_accepted_body_is_queued_and_stored(settings: Settings) -> None:
     accepted: list[str] = []
     with asyncio.Runner() as runner:
@@ -246,7 +237,7 @@ def test_every_accepted_body_is_queued_and_stored(settings: Settings) -> None:
             envelope = make_envelope(event, tenant.id, datetime.now(UTC), None, notify=False)
             assert unqueueable(envelope) is None
             message = task_message(queue_for(event.type), [envelope.to_wire()])
-            [decoded] = _as_worker_reads(message)
+            [decoded] = worker_reads(message)
             assert decoded.payload == envelope.payload, "the worker reads another event"
             result = await commit_batch(engine, [decoded])
             outcome = result.outcomes[envelope.id]
