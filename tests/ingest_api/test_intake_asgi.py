@@ -28,6 +28,7 @@ from shared.auth import READ_SCOPE, WRITE_SCOPE, mint_token
 from shared.broker.writers import QueueUnavailableError
 from shared.settings import Settings
 from tests.support.intake import in_process_intake
+from tests.support.messages import worker_reads
 from tests.support.writers import StandInWriter
 
 EVENTS = "/api/partner/events"
@@ -511,3 +512,23 @@ async def test_gzip_is_decoded_whole_or_refused_on_both_routes(
     big = gzip.compress(orjson.dumps({**PAGE_VIEW, "metadata": {"blob": "x" * 40_000}}))
     _problem(await http.post(EVENTS, content=big, headers=gzipped), 413, "payload-too-large")
     assert len(writer.written) == 2
+
+
+@pytest.mark.parametrize("depth", [252, 300, 1000])
+async def test_a_batch_event_nested_too_deep_is_rejected_alone(
+    http: httpx.AsyncClient, writer: StandInWriter, depth: int
+) -> None:
+    # Written by hand: orjson refuses to write 255 levels, and json.dumps recurses as deep.
+    deep = b'{"type": "page_view", "visitorId": "deep", "metadata": {"x": %s%s}}' % (
+        b"[" * depth,
+        b"]" * depth,
+    )
+    good = [orjson.dumps({"type": "page_view", "visitorId": f"v{i}"}) for i in range(3)]
+    body = b'{"events": [%s]}' % b", ".join([good[0], good[1], deep, good[2]])
+    response = await http.post(BATCH, content=body, headers=JSON)
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["queued", "queued", "rejected", "queued"]
+    assert results[2]["errors"][0]["loc"] == ["body", "events", 2, "metadata"]
+    [message] = writer.messages
+    assert [e.payload["visitorId"] for e in worker_reads(message)] == ["v0", "v1", "v2"]
