@@ -578,3 +578,19 @@ async def test_one_tenants_unqueueable_event_never_fails_anothers_coalesced_with
     [message] = writer.messages
     assert {e.tenant_id for e in worker_reads(message)} == {other}
     assert sorted(str(e.id) for e in worker_reads(message)) == sorted(r.json()["id"] for r in b)
+
+
+async def test_prefer_wait_is_answered_at_once_when_no_caller_may_wait(
+    writer: StandInWriter,
+) -> None:
+    full = SETTINGS.model_copy(update={"max_wait_seconds": 30, "max_waiters_per_process": 0})
+    async with in_process_intake(full, writer) as intake:
+        transport = httpx.ASGITransport(app=intake)
+        headers = {"Authorization": f"Bearer {_token()}", "Prefer": "wait=5"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+            started = time.monotonic()
+            response = await client.post(EVENTS, json=PAGE_VIEW, headers=headers)
+            elapsed = time.monotonic() - started
+    assert response.status_code == 202 and elapsed < 1, elapsed
+    assert "preference-applied" not in response.headers
+    assert [e.notify for e in writer.written] == [False]  # the worker keeps no copy for it
