@@ -198,6 +198,9 @@ class PropertySearchIn(Contract):
     property_type: ShortText | None = None
 
 
+_KOMBU_TYPED = {"__type__", "__value__"}
+
+
 def _unstorable(value: Any, path: str, *, numbers: bool = True, depth: int = 0) -> str | None:
     """Why the first value that could not be serialised or stored is so, if any."""
     if isinstance(value, str):
@@ -214,6 +217,10 @@ def _unstorable(value: Any, path: str, *, numbers: bool = True, depth: int = 0) 
         return None if math.isfinite(value) else f"{path} is not a finite number"
     if depth >= MAX_JSON_DEPTH:
         return f"{path} is nested deeper than {MAX_JSON_DEPTH} levels"
+    if isinstance(value, dict) and value.keys() == _KOMBU_TYPED:
+        # The worker's Celery decoder (kombu's JSON) reads such an object as a typed value, or
+        # fails the whole message, with every event coalesced into it.
+        return f"{path} is an object of only __type__ and __value__"
     items: Any = (
         value.items()
         if isinstance(value, dict)

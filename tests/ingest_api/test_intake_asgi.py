@@ -21,13 +21,16 @@ import pytest
 
 from ingest_api.app import create_app
 from ingest_api.asgi import Message
+from ingest_api.enqueuer import Enqueuer
 from ingest_api.http_body import wait_seconds
 from ingest_api.intake import Intake
 from ingest_api.state import IngestState
 from shared.auth import READ_SCOPE, WRITE_SCOPE, mint_token
 from shared.broker.writers import QueueUnavailableError
+from shared.contract.queues import ACTIVITY_QUEUE
 from shared.settings import Settings
 from tests.support.intake import in_process_intake
+from tests.support.messages import worker_reads
 from tests.support.writers import StandInWriter
 
 EVENTS = "/api/partner/events"
@@ -511,3 +514,83 @@ async def test_gzip_is_decoded_whole_or_refused_on_both_routes(
     big = gzip.compress(orjson.dumps({**PAGE_VIEW, "metadata": {"blob": "x" * 40_000}}))
     _problem(await http.post(EVENTS, content=big, headers=gzipped), 413, "payload-too-large")
     assert len(writer.written) == 2
+
+
+@pytest.mark.parametrize("depth", [252, 300, 1000])
+async def test_a_batch_event_nested_too_deep_is_rejected_alone(
+    http: httpx.AsyncClient, writer: StandInWriter, depth: int
+) -> None:
+    # Written by hand: orjson refuses to write 255 levels, and json.dumps recurses as deep.
+    deep = b'{"type": "page_view", "visitorId": "deep", "metadata": {"x": %s%s}}' % (
+        b"[" * depth,
+        b"]" * depth,
+    )
+    good = [orjson.dumps({"type": "page_view", "visitorId": f"v{i}"}) for i in range(3)]
+    body = b'{"events": [%s]}' % b", ".join([good[0], good[1], deep, good[2]])
+    response = await http.post(BATCH, content=body, headers=JSON)
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["queued", "queued", "rejected", "queued"]
+    assert results[2]["errors"][0]["loc"] == ["body", "events", 2, "metadata"]
+    [message] = writer.messages
+    assert [e.payload["visitorId"] for e in worker_reads(message)] == ["v0", "v1", "v2"]
+
+
+# Valid JSON the intake refuses alone: too big a number, floats that serialise 4x longer
+# than they are sent (past the 32 KB limit), and objects kombu's decoder would read as typed.
+UNQUEUEABLE = [
+    b'{"type": "page_view", "visitorId": "a", "property": {"id": %d}}' % 2**64,
+    b'{"type": "page_view", "visitorId": "a", "metadata": {"n": [%s]}}'
+    % b",".join([b"1e15"] * 6000),
+    b'{"type": "page_view", "visitorId": "a", "metadata": {"__type__": "uuid", "__value__": "x"}}',
+]
+
+
+@pytest.mark.parametrize("bad", UNQUEUEABLE)
+async def test_one_tenants_unqueueable_event_never_fails_anothers_coalesced_with_it(
+    intake: Intake, writer: StandInWriter, bad: bytes
+) -> None:
+    state: IngestState = intake.app.state.ingest
+    # One lane, lingering until every request has arrived: B's page views share a message.
+    views = 5
+    state.enqueuer = Enqueuer(
+        writer, timeout=0.5, linger={ACTIVITY_QUEUE: 1.0}, flush_events={ACTIVITY_QUEUE: views}
+    )
+    other = uuid.uuid4()
+    b_token = mint_token(SETTINGS, tenant_id=other, scopes=(WRITE_SCOPE,), ttl_seconds=60)
+    transport = httpx.ASGITransport(app=intake)
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+
+        def post(body: bytes, token: str) -> Awaitable[httpx.Response]:
+            headers = {**JSON, "Authorization": f"Bearer {token}"}
+            return client.post(EVENTS, content=body, headers=headers)
+
+        a, *b = await asyncio.gather(
+            post(bad, _token()),
+            *(
+                post(orjson.dumps({**PAGE_VIEW, "visitorId": f"b{i}"}), b_token)
+                for i in range(views)
+            ),
+        )
+    assert _problem(a, 422, "validation")
+    assert [r.status_code for r in b] == [202] * views
+    assert writer.writes == [(views, 0.5)]  # one coalesced write
+    [message] = writer.messages
+    assert {e.tenant_id for e in worker_reads(message)} == {other}
+    assert sorted(str(e.id) for e in worker_reads(message)) == sorted(r.json()["id"] for r in b)
+
+
+async def test_prefer_wait_is_answered_at_once_when_no_caller_may_wait(
+    writer: StandInWriter,
+) -> None:
+    full = SETTINGS.model_copy(update={"max_wait_seconds": 30, "max_waiters_per_process": 0})
+    async with in_process_intake(full, writer) as intake:
+        transport = httpx.ASGITransport(app=intake)
+        headers = {"Authorization": f"Bearer {_token()}", "Prefer": "wait=5"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+            started = time.monotonic()
+            response = await client.post(EVENTS, json=PAGE_VIEW, headers=headers)
+            elapsed = time.monotonic() - started
+    assert response.status_code == 202 and elapsed < 1, elapsed
+    assert "preference-applied" not in response.headers
+    assert [e.notify for e in writer.written] == [False]  # the worker keeps no copy for it

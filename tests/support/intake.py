@@ -43,7 +43,12 @@ async def in_process_intake(
         migration_head=None,
         redis=client,
         enqueuer=Enqueuer(writer, timeout=0.5),
-        waiter=OutcomeWaiter(client, engine, "ls:outcomes:intake-test:0"),
+        waiter=OutcomeWaiter(
+            client,
+            engine,
+            "ls:outcomes:intake-test:0",
+            max_waiters=settings.max_waiters_per_process,
+        ),
         engine=engine,
         limiter=RateLimiter(client, rate=0, burst=1, timeout=0.5),
         sites=SiteKeys(engine, ttl=30, max_entries=10, timeout=0.5),

@@ -1,12 +1,15 @@
 """Building and pushing real queue messages, and reading what the worker wrote."""
 
 import asyncio
+import base64
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from kombu.serialization import loads as kombu_loads
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,6 +60,14 @@ def message(envelopes: list[Envelope]) -> bytes:
         args=[[e.to_wire() for e in envelopes]],
         argsrepr="test",
     )
+
+
+def worker_reads(message: bytes) -> list[Envelope]:
+    """The envelopes of a Redis task message, decoded as the Celery worker decodes it."""
+    wire = json.loads(message)
+    body = base64.b64decode(wire["body"])
+    args, _, _ = kombu_loads(body, wire["content-type"], wire["content-encoding"])
+    return [Envelope.model_validate(e) for e in args[0]]
 
 
 def push(

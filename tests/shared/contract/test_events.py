@@ -45,6 +45,11 @@ def nested(depth: int) -> Any:
         ({"company": {"name": "\ufb03" * 255}}, ("company", "name")),
         ({"metadata": {"n": 2**70}}, ("metadata",)),
         ({"metadata": nested(MAX_JSON_DEPTH + 1)}, ("metadata",)),
+        ({"metadata": {"__type__": "uuid", "__value__": "x"}}, ("metadata",)),
+        (
+            {"metadata": {"at": [{"__type__": "datetime", "__value__": "2020-01-01"}]}},
+            ("metadata",),
+        ),
         (
             {"person": {"emails": [f"a{i}@example.com" for i in range(MAX_CONTACTS + 1)]}},
             ("person", "emails"),
@@ -63,7 +68,8 @@ def test_unstorable_or_placeholder_values_are_refused_naming_the_field(
 
 
 def test_a_thousand_levels_of_metadata_are_refused_without_recursing_that_deep() -> None:
-    body = '{"type": "x", "visitorId": "v", "metadata": {"x": ' + "[" * 150 + "]" * 150 + "}}"
+    # A walk 1000 levels deep would pass Python's default recursion limit (1000) and raise.
+    body = '{"type": "x", "visitorId": "v", "metadata": {"x": ' + "[" * 1000 + "]" * 1000 + "}}"
     with pytest.raises(ValidationError) as caught:
         EventIn.model_validate(orjson.loads(body))
     assert [e["loc"] for e in caught.value.errors()] == [("metadata",)]

@@ -1,5 +1,6 @@
 """The migrated schema on real PostgreSQL: equal to shared/db/tables.py, and the plans that
-must use an index (the timeline with and without `type=`, the foreign keys' ON DELETE)."""
+must use an index (the timeline with and without `type=`, the foreign keys' ON DELETE), and the
+timeline indexes' WHERE clause, which the comparison with tables.py cannot see."""
 
 import uuid
 from typing import Any
@@ -23,6 +24,18 @@ async def test_the_migrations_make_the_tables_of_tables_py(engine: AsyncEngine) 
 
     async with engine.connect() as conn:
         assert await conn.run_sync(differences) == []
+
+
+@pytest.mark.parametrize("index", ["ix_events_timeline", "ix_events_timeline_type"])
+async def test_the_timeline_indexes_hold_known_people_only(engine: AsyncEngine, index: str) -> None:
+    # compare_metadata ignores postgresql_where: a migration that lost it would pass above.
+    async with engine.connect() as conn:
+        definition = await conn.scalar(
+            text("SELECT indexdef FROM pg_indexes WHERE tablename = 'events' AND indexname = :n"),
+            {"n": index},
+        )
+    assert definition is not None, index
+    assert definition.endswith(" WHERE (person_id IS NOT NULL)"), definition
 
 
 async def plan_of(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> str:
