@@ -327,3 +327,28 @@ async def test_any_signed_body_gets_an_answer_never_a_server_error(
     for body in odd:
         answer = await post(http, source, body)
         assert answer.status_code in {202, 400, 422}, (body[:60], answer.text)
+
+
+async def test_a_visitor_who_browsed_then_identified_is_one_person_with_both_views(
+    http: httpx.AsyncClient, worker: WorkerProcess, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    source = await make_source(engine, tenant)
+    visitor = f"v-{uuid.uuid4().hex[:8]}"
+    views = [
+        {"type": "property_view", "visitorId": visitor, "pageUrl": f"https://a.example/l/{n}"}
+        for n in (1, 2)
+    ]
+    browsed = await post(http, source, orjson.dumps({"events": views}))
+    assert [r["status"] for r in browsed.json()["results"]] == ["queued", "queued"]
+    await stored_events(engine, tenant.id, 2)
+    lead = {"type": "inquiry", "visitorId": visitor, "person": {"emails": ["ivy@example.com"]}}
+    assert (await post(http, source, orjson.dumps(lead))).status_code == 202
+
+    async def stitched() -> set[uuid.UUID | None]:
+        rows = await stored_events(engine, tenant.id, 3)
+        return {row.person_id for row in rows}
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(people := await stitched()) != 1 or None in people:
+        assert asyncio.get_running_loop().time() < deadline, f"not stitched: {people}"
+        await asyncio.sleep(0.1)
