@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import yaml
+
 from ops import processes
 from ops.processes import REPO
 
@@ -29,3 +31,11 @@ def test_stop_ends_a_process_that_ignores_sigterm() -> None:
     assert stubborn.stdout is not None and stubborn.stdout.readline() == b"up\n"
     processes.stop(stubborn, timeout=0.5)
     assert stubborn.returncode == -9
+
+
+def test_docker_compose_runs_the_api_and_worker_as_ops_processes_does() -> None:
+    # Compose has no proxy in front either: its API must be the guarded one (header and body
+    # deadlines, header cap, connection cap), the worker leads first.
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert services["web"]["command"] == processes.api_argv(host="0.0.0.0", port=8000)
+    assert services["worker"]["command"] == processes.worker_argv()
