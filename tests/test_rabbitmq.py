@@ -1,8 +1,6 @@
 """The same pipeline with RabbitMQ (quorum queues) as the broker: only the broker URL changes."""
 
 import asyncio
-import os
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -17,21 +15,10 @@ from shared.contract.outcomes import OUTCOME_STREAM
 from shared.settings import Settings
 from tests.support.messages import envelope, totals, wait_outcomes
 from tests.support.processes import start_api, start_worker, stop
+from tests.support.rabbitmq import RABBITMQ_URL, rabbitmq_answers
 from tests.support.tenants import Tenant
 
-RABBITMQ_URL = os.environ.get("LEADSTREAM_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-def _rabbitmq_answers() -> bool:
-    url = kombu.Connection(RABBITMQ_URL)
-    try:
-        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _rabbitmq_answers(), reason="no RabbitMQ on this machine")
+pytestmark = pytest.mark.skipif(not rabbitmq_answers(), reason="no RabbitMQ on this machine")
 
 
 @pytest.fixture(scope="module")
