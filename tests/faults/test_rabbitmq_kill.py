@@ -86,6 +86,6 @@ async def test_kill_9_of_a_worker_on_rabbitmq_its_events_come_back_at_once(
         stop(killed.process, *([survivor.process] if survivor else []))
     assert {o.status for o in outcomes.values()} == {"processed"}
     await assert_stored_exactly_once(engine, work)
-    print(f"rabbitmq recovery_after_kill_s={recovery:.2f}")
+    measure(accepted=len(work.ids), recovery_after_kill_s=round(recovery, 2))
     # Most of it is the new worker's start-up (a few seconds here); no timeout is waited for.
     assert recovery < 20, f"the killed worker's events took {recovery:.0f} s to come back"
