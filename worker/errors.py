@@ -118,7 +118,8 @@ def classify(exc: BaseException, *, failed_before: bool = False) -> Failure:
         if exc.connection_invalidated or state[:2] in _UNAVAILABLE_CLASSES:
             return Failure.TRANSIENT
         return Failure.RERUN if state in _RERUN_SQLSTATES else Failure.POISON
-    if isinstance(exc, OSError | ConnectionError | TimeoutError | _REDIS_UNAVAILABLE):
+    # A tuple: a union of a union type with a tuple raised TypeError for every other error.
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError, *_REDIS_UNAVAILABLE)):
         # Publishing the outcomes after commit, too: the retry finds the events stored and
         # publishes again.
         return Failure.TRANSIENT
