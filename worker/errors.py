@@ -5,6 +5,7 @@ from typing import Any
 from uuid import UUID
 
 import redis
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from shared.contract.problems import problem_body
@@ -12,6 +13,10 @@ from shared.contract.problems import problem_body
 
 class TransientError(Exception):
     """Worth retrying later: the database or Redis is unreachable or contended."""
+
+
+# A dead letter of this reason holds the envelope as it was queued, which cannot be queued again.
+MALFORMED_ENVELOPE = "malformed_envelope"
 
 
 class EventFailedError(Exception):
@@ -38,6 +43,18 @@ def processing_error(error: BaseException) -> EventFailedError:
         500,
         "Processing error",
         f"the worker failed on this event: {type(error).__name__}",
+    )
+
+
+def malformed_envelope_error(error: ValidationError) -> EventFailedError:
+    """The failure of a queued envelope that does not validate: never retried, not replayable."""
+    # Where and why, never the values: they may be personal data.
+    where = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '(envelope)'}: {e['type']}"
+        for e in error.errors(include_input=False, include_url=False)
+    )
+    return EventFailedError(
+        MALFORMED_ENVELOPE, 422, "Malformed envelope", f"the queued envelope is invalid: {where}"
     )
 
 
