@@ -1,5 +1,5 @@
-"""The task: a malformed envelope never drops a message, and what its retries' messages show
-of the events (Flower shows it)."""
+"""The task: a malformed envelope or a bug never drops a message, and what its retries' messages
+show of the events (Flower shows it)."""
 
 import asyncio
 import base64
@@ -18,6 +18,7 @@ from shared.broker.wire import task_message
 from shared.contract.queues import Envelope
 from shared.db.tables import DeadLetter
 from shared.settings import Settings
+from tests.support.faulty_worker import FAULTY_WORKER
 from tests.support.messages import envelope, message, push, totals, wait_announced, wait_outcomes
 from tests.support.processes import WorkerProcess, start_worker, stop
 from tests.support.redis_dbs import PIPELINE_OWN_WORKER, redis_url_with_db
@@ -88,6 +89,33 @@ async def test_malformed_envelopes_are_dead_lettered_and_their_neighbours_stored
     await wait_announced(broker, named[0].id, times=2)
     assert (await totals(engine, tenant.id))["events"] == 2
     assert len(await _dead_letters(engine, tenant)) == 3
+
+
+async def test_a_bug_outside_the_per_event_isolation_dead_letters_the_batch(
+    service_env: dict[str, str], engine: AsyncEngine, tenant: Tenant, tmp_path: Path
+) -> None:
+    own_redis = redis_url_with_db(service_env["LEADSTREAM_REDIS_URL"], PIPELINE_OWN_WORKER)
+    broker = redis.Redis.from_url(own_redis)
+    broker.flushdb()
+    env = {**service_env, "LEADSTREAM_REDIS_URL": own_redis, "LEADSTREAM_TEST_COMMIT_BUG": "1"}
+    worker = start_worker(env, tmp_path / "worker.log", concurrency=1, app=FAULTY_WORKER)
+    try:
+        events = [_inquiry(tenant) for _ in range(3)]
+        push(broker, ("leads", message(events)), markers=events)
+        outcomes = await wait_outcomes(broker, engine, [e.id for e in events], timeout=60)
+        # Acknowledged once dead-lettered: neither dropped nor left for redelivery.
+        await _logged(worker, lambda log: '"batch.processed"' in log, "the batch processed")
+        left = broker.llen("leads") + broker.hlen("unacked")
+    finally:
+        stop(worker.process)
+        broker.flushdb()
+    assert {(o.status, o.http_status) for o in outcomes.values()} == {("failed", 500)}
+    dead = await _dead_letters(engine, tenant)
+    assert sorted(dead) == sorted(str(e.id) for e in events)
+    assert {d["reason"] for d in dead.values()} == {"processing_error"}
+    assert (await totals(engine, tenant.id))["events"] == 0
+    assert '"batch.failed"' in worker.log.read_text()
+    assert left == 0
 
 
 def _record_pushes(url: str, into: list[str], until: str) -> threading.Thread:
