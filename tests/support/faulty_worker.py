@@ -11,6 +11,7 @@
 import os
 from typing import Any
 
+import structlog
 from celery.app.task import Task
 from kombu.exceptions import OperationalError
 
@@ -25,12 +26,15 @@ FAULTY_WORKER = __name__
 # Per process: a pool process inherits the count when it is forked.
 _refusals_left = [int(os.environ.get("LEADSTREAM_TEST_REFUSED_RETRIES", "0"))]
 _publish = Task.apply_async
+log = structlog.get_logger(__name__)
 
 
 def _refusing_apply_async(self: Task, *args: Any, **options: Any) -> Any:
     # `Task.retry` publishes the retry through here, with its count in `retries`.
     if self.name == PROCESS_EVENTS_TASK and options.get("retries") and _refusals_left[0] > 0:
         _refusals_left[0] -= 1
+        # What the test counts, whatever the task then does with the refusal.
+        log.warning("test.retry_refused", left=_refusals_left[0])
         raise OperationalError("OOM command not allowed (injected by the test)")
     return _publish(self, *args, **options)
 
