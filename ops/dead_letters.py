@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from pydantic import ValidationError
 from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -53,7 +54,8 @@ async def replay_dead_letters(
     since: datetime | None = None,
     event_ids: Sequence[UUID] = (),
 ) -> list[UUID]:
-    """Queue the matching dead letters again and mark them replayed, in the caller's transaction.
+    """Queue the matching dead letters again and mark them replayed, in the caller's transaction;
+    one whose envelope does not validate is left as it is.
 
     `publish` is a broker writer's `write` without its deadline (KombuWriter, as in the API:
     markers first, then the messages). The events' locks are held until the caller commits, so
@@ -71,7 +73,17 @@ async def replay_dead_letters(
         .values(replayed_at=datetime.now().astimezone())
         .returning(dead_t.c.event_id, dead_t.c.envelope)
     )
-    envelopes = [Envelope.model_validate(row.envelope) for row in rows]
+    envelopes, unreplayable = [], []
+    for row in rows:
+        try:
+            envelopes.append(Envelope.model_validate(row.envelope))
+        except ValidationError:
+            # Kept as a worker found it (malformed): queued again it would only fail again.
+            unreplayable.append(row.event_id)
+    if unreplayable:
+        await conn.execute(
+            update(dead_t).where(dead_t.c.event_id.in_(unreplayable)).values(replayed_at=None)
+        )
     by_queue: dict[str, list[Envelope]] = {}
     for envelope in envelopes:
         by_queue.setdefault(queue_for(str(envelope.payload.get("type"))), []).append(envelope)

@@ -47,13 +47,16 @@ def api_argv(
     ]
 
 
-def worker_argv(*, concurrency: int | str = 2, node: str | None = None) -> list[str]:
+def worker_argv(
+    *, concurrency: int | str = 2, node: str | None = None, app: str = WORKER_APP
+) -> list[str]:
     """`celery worker` on both queues, leads first; with `node`, a named worker that does not
-    sync with others at start (mingle, gossip): a test's or the bench's private worker."""
+    sync with others at start (mingle, gossip): a test's or the bench's private worker. `app`:
+    a module that wraps the worker's (a test's faults)."""
     argv = [
         "celery",
         "-A",
-        WORKER_APP,
+        app,
         "worker",
         "--queues",
         f"{LEADS_QUEUE},{ACTIVITY_QUEUE}",

@@ -5,6 +5,7 @@ from typing import Any
 from uuid import UUID
 
 import redis
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from shared.contract.problems import problem_body
@@ -12,6 +13,10 @@ from shared.contract.problems import problem_body
 
 class TransientError(Exception):
     """Worth retrying later: the database or Redis is unreachable or contended."""
+
+
+# A dead letter of this reason holds the envelope as it was queued, which cannot be queued again.
+MALFORMED_ENVELOPE = "malformed_envelope"
 
 
 class EventFailedError(Exception):
@@ -38,6 +43,18 @@ def processing_error(error: BaseException) -> EventFailedError:
         500,
         "Processing error",
         f"the worker failed on this event: {type(error).__name__}",
+    )
+
+
+def malformed_envelope_error(error: ValidationError) -> EventFailedError:
+    """The failure of a queued envelope that does not validate: never retried, not replayable."""
+    # Where and why, never the values: they may be personal data.
+    where = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '(envelope)'}: {e['type']}"
+        for e in error.errors(include_input=False, include_url=False)
+    )
+    return EventFailedError(
+        MALFORMED_ENVELOPE, 422, "Malformed envelope", f"the queued envelope is invalid: {where}"
     )
 
 
@@ -118,7 +135,8 @@ def classify(exc: BaseException, *, failed_before: bool = False) -> Failure:
         if exc.connection_invalidated or state[:2] in _UNAVAILABLE_CLASSES:
             return Failure.TRANSIENT
         return Failure.RERUN if state in _RERUN_SQLSTATES else Failure.POISON
-    if isinstance(exc, OSError | ConnectionError | TimeoutError | _REDIS_UNAVAILABLE):
+    # A tuple: a union of a union type with a tuple raised TypeError for every other error.
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError, *_REDIS_UNAVAILABLE)):
         # Publishing the outcomes after commit, too: the retry finds the events stored and
         # publishes again.
         return Failure.TRANSIENT

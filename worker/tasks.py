@@ -18,16 +18,26 @@ from shared.contract.queues import (
     ACTIVITY_QUEUE,
     BACKFILL_VISITOR_TASK,
     PROCESS_EVENTS_TASK,
-    Envelope,
 )
 from worker import background
 from worker.app import Runtime, app, runtime, settings
+from worker.envelopes import read_envelopes
 from worker.errors import Failure, classify, processing_error, retries_exhausted_error
-from worker.unit_of_work import Limits, commit_batch, dead_letter_batch, publish_outcomes
+from worker.unit_of_work import (
+    Limits,
+    combine,
+    commit_batch,
+    dead_letter_batch,
+    dead_letter_malformed,
+    publish_outcomes,
+)
 
 log = structlog.get_logger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# How much of an envelope that cannot be stored is logged: enough to recognise it.
+_LOGGED_CHARS = 2000
 
 
 def retry_countdown(retries: int) -> float:
@@ -58,7 +68,9 @@ def leadstream_task(*, name: str, argsrepr: Callable[..., str]) -> Callable[[F],
     A failure `classify` calls transient is retried with backoff, without end, so a transient
     failure never drops an accepted event; once `retries_exhausted`, a task takes its fallback
     (which may itself fail transiently and be retried). Anything else is a bug in one event,
-    which the unit of work isolates itself.
+    which the unit of work isolates itself: a task must raise nothing else before its events
+    are committed or dead-lettered, since Celery rejects a failed task's message without
+    requeueing it (acks_late, not acknowledged on failure), and it is gone.
     """
 
     def decorate(fn: F) -> Task:
@@ -107,17 +119,21 @@ def leadstream_task(*, name: str, argsrepr: Callable[..., str]) -> Callable[[F],
 
 
 @leadstream_task(name=PROCESS_EVENTS_TASK, argsrepr=envelopes_argsrepr)
-def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
+def process_events(self: Task, envelopes: list[Any]) -> None:
     """Match, store and publish a batch of events queued by the API."""
-    parsed = [Envelope.model_validate(e) for e in envelopes]
-    if parsed:
-        # Per message, not per event: the first envelope's ids, and how many came with it.
-        first = parsed[0]
-        structlog.contextvars.bind_contextvars(
-            event_id=str(first.id), tenant_id=str(first.tenant_id), events=len(parsed)
-        )
     rt = runtime()
     started = time.perf_counter()
+    read = read_envelopes(envelopes, now=datetime.now(UTC))
+    parsed, stand_ins = read.valid, [m.stand_in for m in read.malformed]
+    if parsed or stand_ins:
+        # Per message, not per event: the first envelope's ids, and how many came with it.
+        first = (parsed or stand_ins)[0]
+        structlog.contextvars.bind_contextvars(
+            event_id=str(first.id), tenant_id=str(first.tenant_id), events=len(envelopes)
+        )
+    for wire in read.unstorable:
+        # Nothing to store it under (see `Envelopes.unstorable`): the log is all that keeps it.
+        log.error("envelope.unstorable", envelope=repr(wire)[:_LOGGED_CHARS])
     try:
         result = rt.run(
             commit_batch(
@@ -140,13 +156,19 @@ def process_events(self: Task, envelopes: list[dict[str, Any]]) -> None:
             error = processing_error(exc)
         # If even that fails, the database is down and the task keeps retrying.
         result = rt.run(dead_letter_batch(rt.engine, parsed, error=error))
-    publish_outcomes(rt.redis, parsed, result.outcomes, rt.settings)
+    if read.malformed:
+        for m in read.malformed:
+            log.error("envelope.malformed", event_id=str(m.stand_in.id), error=m.error.detail)
+        result = combine([result, rt.run(dead_letter_malformed(rt.engine, read.malformed))])
+    publish_outcomes(rt.redis, [*parsed, *stand_ins], result.outcomes, rt.settings)
     log.info(
         "batch.processed",
-        events=len(parsed),
+        events=len(envelopes),
         created=result.created_events,
         replayed=result.replayed_events,
         failed=result.failed_events,
+        malformed=len(read.malformed),
+        unstorable=len(read.unstorable),
         bots=result.bot_events,
         ms=round((time.perf_counter() - started) * 1000, 1),
     )

@@ -17,7 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.contract.outcomes import OUTCOME_STREAM, StoredOutcome, event_key, outcome_channel
 from shared.contract.queues import Envelope
+from shared.db.locks import event_lock, lock_all
+from shared.db.reads import load_outcomes
 from shared.settings import Settings
+from worker.envelopes import Malformed
 from worker.errors import (
     EventFailedError,
     Failure,
@@ -29,6 +32,8 @@ from worker.errors import (
 )
 from worker.matching.batch import BatchResult, process_batch
 from worker.matching.load import lock_estimate
+from worker.matching.rules import dead_letter_row
+from worker.matching.write import write_dead_letters
 
 log = structlog.get_logger(__name__)
 
@@ -88,10 +93,11 @@ async def commit_batch(
     if len(parts) > 1:
         log.info("batch.split_by_locks", transactions=len(parts), events=len(envelopes))
     results = [await _commit(engine, part, limits, failed_before) for part in parts]
-    return _combine(results)
+    return combine(results)
 
 
-def _combine(results: list[BatchResult]) -> BatchResult:
+def combine(results: list[BatchResult]) -> BatchResult:
+    """The result of a message committed in several transactions."""
     if len(results) == 1:
         return results[0]
     return BatchResult(
@@ -163,7 +169,7 @@ async def _halve(
         raise TransientError(f"one event too big for the database now (SQLSTATE {state})")
     log.warning("batch.split", events=len(envelopes), sqlstate=state)
     middle = len(envelopes) // 2
-    return _combine(
+    return combine(
         [
             await _commit(engine, envelopes[:middle], limits, True),
             await _commit(engine, envelopes[middle:], limits, True),
@@ -201,7 +207,7 @@ async def _bisect(
             # Not even the dead letter could be written: keep the message and try later.
             raise TransientError(f"cannot dead-letter {envelope.id}: {again!r}") from again
     middle = len(envelopes) // 2
-    return _combine(
+    return combine(
         [
             await _commit(engine, envelopes[:middle], limits, False),
             await _commit(engine, envelopes[middle:], limits, False),
@@ -224,6 +230,26 @@ async def dead_letter_batch(
             )
     except Exception as exc:  # the database is still unreachable: keep retrying
         raise TransientError(f"cannot dead-letter the batch: {exc!r}") from exc
+
+
+async def dead_letter_malformed(engine: AsyncEngine, malformed: list[Malformed]) -> BatchResult:
+    """Store envelopes that do not validate as dead letters, each as it was queued."""
+    now = datetime.now(UTC)
+    # By id: a message may repeat one (ON CONFLICT cannot update a row twice in one statement).
+    rows = {
+        m.stand_in.id: dead_letter_row(m.stand_in.id, m.stand_in.tenant_id, m.wire, m.error, now)
+        for m in malformed
+    }
+    try:
+        async with engine.begin() as conn:
+            # Under the events' locks, as every dead letter is written: a concurrent replay or
+            # redelivery of the same id waits for this one.
+            await lock_all(conn, (event_lock(i) for i in rows))
+            await write_dead_letters(conn, list(rows.values()))
+            outcomes = await load_outcomes(conn, rows)
+    except Exception as exc:  # the database is unreachable: keep retrying
+        raise TransientError(f"cannot dead-letter malformed envelopes: {exc!r}") from exc
+    return BatchResult(outcomes, 0, 0, len(rows), 0)
 
 
 def publish_outcomes(

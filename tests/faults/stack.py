@@ -33,7 +33,14 @@ from tests.faults.support import (
     pool_children,
 )
 from tests.support.messages import push
-from tests.support.processes import BIN, WorkerProcess, start_api, start_worker, stop
+from tests.support.processes import (
+    BIN,
+    WORKER_APP,
+    WorkerProcess,
+    start_api,
+    start_worker,
+    stop,
+)
 from tests.support.tenants import Tenant
 
 
@@ -118,10 +125,15 @@ class Fleet:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def worker(
-        self, env: dict[str, str], *, concurrency: int = 2, name: str = "worker"
+        self,
+        env: dict[str, str],
+        *,
+        concurrency: int = 2,
+        name: str = "worker",
+        app: str = WORKER_APP,
     ) -> WorkerProcess:
         log = self.directory / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        started = start_worker(env, log, concurrency=concurrency)
+        started = start_worker(env, log, concurrency=concurrency, app=app)
         self.processes.append(started.process)
         return started
 
@@ -160,10 +172,12 @@ class FaultStack:
         concurrency: int = 2,
         fast_redelivery: bool = False,
         settings: dict[str, str] | None = None,
+        app: str = WORKER_APP,
     ) -> WorkerProcess:
-        """A worker on this stack's Redis; `settings`: LEADSTREAM_* variables to override."""
+        """A worker on this stack's Redis; `settings`: LEADSTREAM_* variables to override;
+        `app`: see `start_worker`."""
         env = {**self.env, **(FAST_REDELIVERY if fast_redelivery else {}), **(settings or {})}
-        return self.fleet.worker(env, concurrency=concurrency, name=name)
+        return self.fleet.worker(env, concurrency=concurrency, name=name, app=app)
 
     @asynccontextmanager
     async def api_client(self) -> AsyncIterator[httpx.AsyncClient]:

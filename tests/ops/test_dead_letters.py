@@ -79,3 +79,28 @@ async def test_a_replay_the_broker_refuses_changes_nothing(
         )
     assert redis.Redis.from_url(settings.redis_url).exists(event_key(e.id)) == 0
     assert await _replayed_at(engine, e.id) is None
+
+
+async def test_replay_leaves_a_malformed_envelope_as_it_was(
+    engine: AsyncEngine, tenant: Tenant
+) -> None:
+    good = envelope(tenant.id, {"type": "inquiry", "person": {"emails": ["ok@example.com"]}})
+    malformed = envelope(tenant.id, {"type": "inquiry", "visitorId": "v"})
+    await _dead_letters(engine, good, malformed)
+    async with engine.begin() as conn:
+        # As the worker stores one: the envelope as queued, which does not validate.
+        await conn.execute(
+            dead_t.update()
+            .where(dead_t.c.event_id == malformed.id)
+            .values(envelope={**malformed.to_wire(), "receivedAt": "yesterday"})
+        )
+    published: list[uuid.UUID] = []
+
+    async def publish(by_queue: dict[str, list[Envelope]]) -> None:
+        published.extend(e.id for queued in by_queue.values() for e in queued)
+
+    async with engine.begin() as conn:
+        replayed = await replay_dead_letters(conn, publish, event_ids=[good.id, malformed.id])
+    assert replayed == published == [good.id]
+    assert await _replayed_at(engine, good.id) is not None
+    assert await _replayed_at(engine, malformed.id) is None

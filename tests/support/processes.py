@@ -11,6 +11,7 @@ import httpx
 from ops.processes import (
     BIN,
     REPO,
+    WORKER_APP,
     api_argv,
     free_port,
     start,
@@ -23,6 +24,7 @@ from ops.processes import (
 __all__ = [
     "BIN",
     "REPO",
+    "WORKER_APP",
     "ApiProcess",
     "WorkerProcess",
     "free_port",
@@ -38,9 +40,12 @@ class WorkerProcess:
     log: Path
 
 
-def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 2) -> WorkerProcess:
-    """A real `celery worker` on both queues; returns once it has said it is ready."""
-    argv = worker_argv(concurrency=concurrency, node=f"test-{uuid.uuid4().hex[:6]}@%h")
+def start_worker(
+    env: dict[str, str], log: Path, *, concurrency: int = 2, app: str = WORKER_APP
+) -> WorkerProcess:
+    """A real `celery worker` on both queues; returns once it has said it is ready. `app`: the
+    worker's, or one with faults injected (`tests.support.faulty_worker`)."""
+    argv = worker_argv(concurrency=concurrency, node=f"test-{uuid.uuid4().hex[:6]}@%h", app=app)
     process = start(argv, env=env, log=log)
     wait_until(worker_ready(log), process, log, timeout=60, what="the worker", interval=0.1)
     return WorkerProcess(process, log)

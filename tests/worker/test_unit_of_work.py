@@ -238,6 +238,13 @@ def _database_error(state: str) -> DBAPIError:
     return DBAPIError("statement", {}, DriverError("failed"))
 
 
+def test_unavailability_is_transient_and_any_other_error_poison() -> None:
+    assert classify(ConnectionRefusedError()) is Failure.TRANSIENT
+    assert classify(redis.exceptions.OutOfMemoryError("OOM")) is Failure.TRANSIENT
+    assert classify(RuntimeError("a bug")) is Failure.POISON
+    assert classify(KeyError("a bug")) is Failure.POISON
+
+
 def test_the_classification_of_a_message_too_big_for_one_transaction() -> None:
     assert classify(_database_error("53200")) is Failure.SPLIT
     assert classify(_database_error("53200"), failed_before=True) is Failure.SPLIT

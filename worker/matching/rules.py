@@ -374,16 +374,23 @@ class Plan:
     def add_failure(self, envelope: Envelope, error: EventFailedError) -> None:
         """Plan the event's dead letter (a replayed one is failed afresh)."""
         self.dead_rows.append(
-            {
-                "event_id": envelope.id,
-                "tenant_id": envelope.tenant_id,
-                "reason": error.reason,
-                "problem": error.problem(envelope.id),
-                "envelope": _storable(envelope.to_wire()),
-                "failed_at": self.now,
-                "replayed_at": None,
-            }
+            dead_letter_row(envelope.id, envelope.tenant_id, envelope.to_wire(), error, self.now)
         )
+
+
+def dead_letter_row(
+    event_id: UUID, tenant_id: UUID, wire: Any, error: EventFailedError, now: datetime
+) -> dict[str, Any]:
+    """The dead letter of an event: its failure, and its envelope as queued (`wire`)."""
+    return {
+        "event_id": event_id,
+        "tenant_id": tenant_id,
+        "reason": error.reason,
+        "problem": error.problem(event_id),
+        "envelope": _storable(wire),
+        "failed_at": now,
+        "replayed_at": None,
+    }
 
 
 def _storable(value: Any) -> Any:

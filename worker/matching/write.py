@@ -59,21 +59,26 @@ async def write(conn: AsyncConnection, plan: Plan, *, backfill_rows: int) -> boo
     if plan.idem_rows:
         await _INSERT_IDEMPOTENCY_KEYS.run(conn, plan.idem_rows)
     if plan.dead_rows:
-        stmt = pg_insert(dead_letters_t)
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[dead_letters_t.c.event_id],
-                set_={
-                    "reason": stmt.excluded.reason,
-                    "problem": stmt.excluded.problem,
-                    "envelope": stmt.excluded.envelope,
-                    "failed_at": stmt.excluded.failed_at,
-                    "replayed_at": None,
-                },
-            ),
-            plan.dead_rows,
-        )
+        await write_dead_letters(conn, plan.dead_rows)
     return backfill_left
+
+
+async def write_dead_letters(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Store dead letters (`rules.dead_letter_row`); one failed again is failed afresh."""
+    stmt = pg_insert(dead_letters_t)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[dead_letters_t.c.event_id],
+            set_={
+                "reason": stmt.excluded.reason,
+                "problem": stmt.excluded.problem,
+                "envelope": stmt.excluded.envelope,
+                "failed_at": stmt.excluded.failed_at,
+                "replayed_at": None,
+            },
+        ),
+        rows,
+    )
 
 
 def _person_row(p: PersonState, now: datetime) -> dict[str, Any]:
