@@ -76,14 +76,11 @@ class Channel(kombu_redis.Channel):
             return
         idle = self._idle_until - monotonic()
         if idle > 0:
-            loop = self.connection.event_loop
-            if loop is not None:
-                # Celery's event loop: nothing is sent, so make it tick again when it is time.
-                loop.call_later(idle, _tick)
-                return
+            if self.connection.event_loop is not None:
+                return  # the timer `_brpop_read` set ends the wait
             sleep(idle)  # drain_events() blocks its caller anyway
         prefix = self.global_keyprefix
-        # The same lists in the same order as kombu's BRPOP: priority steps, then queues.
+        # The lists kombu's BRPOP names, in its order: each priority step's queues in turn.
         lists = [(q, pri) for pri in self.priority_steps for q in queues]
         keys = [prefix + kombu_redis.Channel._q_for_pri(self, q, pri) for q, pri in lists]
         keys += [prefix + self.unacked_key, prefix + self.unacked_index_key]
@@ -104,6 +101,11 @@ class Channel(kombu_redis.Channel):
                 raise
             if not taken:
                 self._idle_until = monotonic() + self.idle_poll_interval
+                loop = self.connection.event_loop
+                if loop is not None:
+                    # Nothing is pending for Celery's event loop to wake on: a timer ends the
+                    # wait, and the loop's next tick takes again.
+                    loop.call_later(self.idle_poll_interval, self._end_idle)
                 raise Empty()
             self._idle_until = 0.0
             list_key, item, recorded = taken
@@ -111,6 +113,9 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's default: False
             kombu_redis.Channel._flush_brpop_reauth(self)
+
+    def _end_idle(self) -> None:
+        self._idle_until = 0.0
 
     def _deliver_taken(self, list_key: bytes, item: bytes, *, recorded: bool) -> bool:
         queue = bytes_to_str(list_key)[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
@@ -130,10 +135,6 @@ class Channel(kombu_redis.Channel):
             # nobody will ack it, and the visibility timeout must not bring it back.
             self.qos._remove_from_indices(tag).execute()
         return True
-
-
-def _tick() -> None:
-    """A timer that only wakes the event loop, whose tick polls the channels again."""
 
 
 class Transport(kombu_redis.Transport):
