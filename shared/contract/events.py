@@ -158,7 +158,9 @@ def _as_contact(entry: Any) -> Any:
 
 
 class PersonIn(Contract):
-    """With the string-array format, the first e-mail and the first phone are primary."""
+    """`externalId` is the app's own user id (Segment's `userId`, PostHog's `distinct_id`):
+    case-sensitive, matched before e-mails and phones. With the string-array format, the first
+    e-mail and the first phone are primary."""
 
     external_id: ExternalId | None = None
     first_name: ShortText | None = None
