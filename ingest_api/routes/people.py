@@ -42,9 +42,10 @@ async def read_person(person_id: UUID, state: StateDep, principal: ReaderDep) ->
 
 @router.get(
     "/people",
-    summary="Find a person by e-mail or phone",
-    description="Exactly one of `email` and `phone`, normalised as ingestion does. Only phone "
-    "numbers valid for the tenant's region identify a person: an unverified one is not found.",
+    summary="Find a person by e-mail, phone or external id",
+    description="Exactly one of `email`, `phone` and `externalId`, normalised as ingestion does "
+    "(an external id is only trimmed: it is case-sensitive). Only phone numbers valid for the "
+    "tenant's region identify a person: an unverified one is not found.",
     responses={200: {"model": PersonOut}, **READ_PROBLEMS},
 )
 async def find_person(
@@ -52,9 +53,17 @@ async def find_person(
     principal: ReaderDep,
     email: Annotated[str | None, Query(min_length=1, max_length=320)] = None,
     phone: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    external_id: Annotated[
+        str | None, Query(alias="externalId", min_length=1, max_length=255)
+    ] = None,
 ) -> Response:
-    if (email is None) == (phone is None):
-        raise _invalid("email" if email is None else "phone", "give exactly one of email, phone")
+    given = {"email": email, "phone": phone, "externalId": external_id}
+    named = [name for name, value in given.items() if value is not None]
+    if len(named) != 1:
+        raise _invalid(
+            named[1] if named else "email", "give exactly one of email, phone, externalId"
+        )
+    not_found = "person with that e-mail, phone or external id"
     async with state.engine.connect() as conn:
         if email is not None:
             try:
@@ -64,10 +73,18 @@ async def find_person(
         elif phone is not None:
             region = await tenant_region(conn, principal.tenant_id)
             if region is None:  # the tenant no longer exists: nobody to find
-                return found_response(None, "person with that e-mail or phone")
+                return found_response(None, not_found)
             try:
                 phone = normalize_phone(check_phone(phone), region)
             except InvalidIdentityError as exc:
                 raise _invalid("phone", str(exc)) from None
-        body = await load_person(conn, tenant_id=principal.tenant_id, email=email, phone=phone)
-    return found_response(body, "person with that e-mail or phone")
+        elif external_id is not None and not (external_id := external_id.strip()):
+            raise _invalid("externalId", "an external id cannot be blank")
+        body = await load_person(
+            conn,
+            tenant_id=principal.tenant_id,
+            email=email,
+            phone=phone,
+            external_id=external_id,
+        )
+    return found_response(body, not_found)

@@ -5,6 +5,7 @@ accepted under an older schema and the current code cannot read fails visibly (d
 """
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyAddress,
+    StringConstraints,
     ValidationInfo,
     model_validator,
 )
@@ -88,10 +90,13 @@ def _email(value: str, info: ValidationInfo) -> str:
     return email
 
 
-def _visitor(value: str) -> str:
-    if not value.strip() or value.strip().lower() in PLACEHOLDER_IDS:
-        raise ValueError(f"{value!r} is a placeholder, not a visitor id")
-    return value
+def _not_placeholder(what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not value.strip() or value.strip().lower() in PLACEHOLDER_IDS:
+            raise ValueError(f"{value!r} is a placeholder, not {what}")
+        return value
+
+    return check
 
 
 def _in_range(value: datetime) -> datetime:
@@ -113,6 +118,16 @@ def _company_name(value: str) -> str:
 
 
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+VisitorId = Annotated[
+    str, Field(min_length=1, max_length=128), AfterValidator(_not_placeholder("a visitor id"))
+]
+# An app's own user id (Segment's userId, PostHog's distinct_id): case-sensitive, as apps'
+# ids are, so only trimmed.
+ExternalId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+    AfterValidator(_not_placeholder("an external id")),
+]
 Phone = Annotated[str, Field(max_length=64), AfterValidator(check_phone)]
 Time = Annotated[AwareDatetime, AfterValidator(_in_range)]
 
@@ -143,8 +158,11 @@ def _as_contact(entry: Any) -> Any:
 
 
 class PersonIn(Contract):
-    """With the string-array format, the first e-mail and the first phone are primary."""
+    """`externalId` is the app's own user id (Segment's `userId`, PostHog's `distinct_id`):
+    case-sensitive, matched before e-mails and phones. With the string-array format, the first
+    e-mail and the first phone are primary."""
 
+    external_id: ExternalId | None = None
     first_name: ShortText | None = None
     last_name: ShortText | None = None
     emails: list[Annotated[EmailIn, BeforeValidator(_as_contact)]] = Field(
@@ -158,7 +176,9 @@ class PersonIn(Contract):
     stage: ShortText | None = None
 
     def has_identity(self) -> bool:
-        return bool(self.emails or self.phones or self.first_name or self.last_name)
+        return bool(
+            self.external_id or self.emails or self.phones or self.first_name or self.last_name
+        )
 
 
 class CompanyIn(Contract):
@@ -250,9 +270,7 @@ class EventIn(Contract):
     person_id: UUID | None = None
     person: PersonIn | None = None
     company: CompanyIn | None = None
-    visitor_id: (
-        Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_visitor)] | None
-    ) = None
+    visitor_id: VisitorId | None = None
     page_url: Url | None = None
     page_title: Annotated[str, Field(max_length=1024)] | None = None
     page_referrer: Url | None = None
@@ -291,6 +309,7 @@ class EventIn(Contract):
         has_person = self.person is not None and self.person.has_identity()
         if self.person_id is None and not has_person and self.visitor_id is None:
             raise ValueError(
-                "an event needs personId, a person with an e-mail, a phone or a name, or visitorId"
+                "an event needs personId, a person with an externalId, an e-mail, a phone or a"
+                " name, or visitorId"
             )
         return self

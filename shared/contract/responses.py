@@ -32,7 +32,10 @@ class ContactPoint(ResponseModel):
 
 
 class PersonOut(ResponseModel):
+    """`externalId` is the app's own id for the person (present once an event gave one)."""
+
     id: UUID
+    external_id: str | None = None
     first_name: str | None = None
     last_name: str | None = None
     name: str | None = None

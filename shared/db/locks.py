@@ -29,6 +29,10 @@ def phone_lock(tenant_id: UUID, phone: str) -> str:
     return f"{tenant_id}|p|{phone}"
 
 
+def external_id_lock(tenant_id: UUID, external_id: str) -> str:
+    return f"{tenant_id}|x|{external_id}"
+
+
 def person_id_lock(tenant_id: UUID, person_id: UUID) -> str:
     return f"{tenant_id}|pi|{person_id}"
 

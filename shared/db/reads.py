@@ -115,6 +115,7 @@ _PERSON = _Select(
             "created_at",
             "updated_at",
         ),
+        "external_id": "(SELECT x.value FROM person_external_ids x WHERE x.person_id = p.id)",
         "emails": _contacts_of("person_emails"),
         "phones": _contacts_of("person_phones"),
         "unverified_phones": (
@@ -186,7 +187,8 @@ SELECT {_PERSON.sql} FROM people p
 WHERE p.tenant_id = $1 AND p.id = COALESCE(
     $2::uuid,
     (SELECT person_id FROM person_emails WHERE tenant_id = $1 AND value = $3),
-    (SELECT person_id FROM person_phones WHERE tenant_id = $1 AND value = $4))
+    (SELECT person_id FROM person_phones WHERE tenant_id = $1 AND value = $4),
+    (SELECT person_id FROM person_external_ids WHERE tenant_id = $1 AND value = $5))
 """  # noqa: S608 (names from this module; values are parameters)
 
 _COMPANY_BY_ID = f"""
@@ -264,12 +266,15 @@ def _person_body(row: Sequence[Any], get: Getter = _PERSON_ALONE) -> dict[str, A
         company_id,
         created_at,
         updated_at,
+        external_id,
         emails,
         phones,
         unverified_phones,
     ) = get(row)
     name = " ".join(part for part in (first_name, last_name) if part) or None
     body: dict[str, Any] = {"id": str(person_id)}
+    if external_id is not None:
+        body["externalId"] = external_id
     for key, value in (("firstName", first_name), ("lastName", last_name), ("name", name)):
         if value is not None:
             body[key] = value
@@ -406,10 +411,14 @@ async def load_person(
     person_id: UUID | None = None,
     email: str | None = None,
     phone: str | None = None,
+    external_id: str | None = None,
 ) -> dict[str, Any] | None:
-    """The tenant's person with this id, or owning this (normalised) e-mail or phone."""
+    """The tenant's person with this id, or owning this (normalised) e-mail, phone or
+    external id."""
     row = (
-        await conn.exec_driver_sql(_PERSON_BY_ID_OR_IDENTITY, (tenant_id, person_id, email, phone))
+        await conn.exec_driver_sql(
+            _PERSON_BY_ID_OR_IDENTITY, (tenant_id, person_id, email, phone, external_id)
+        )
     ).first()
     return _person_body(row) if row is not None else None
 

@@ -116,6 +116,21 @@ class PersonPhone(_ContactPoint, Base):
     )
 
 
+class PersonExternalId(Base):
+    """An app's own id for a person (Segment's userId, PostHog's distinct_id), as sent."""
+
+    __tablename__ = "person_external_ids"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # Unique: a person is one app user, and matching never merges two external ids, so a race
+    # that slipped past the locks fails here and its rerun sees the winner.
+    person_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("people.id", ondelete="CASCADE"), index=True, unique=True
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 class PersonUnverifiedPhone(Base):
     """A phone number that is not valid for the tenant's region: kept as a contact point of
     its person, but never an identity (shared by many, e.g. `000-000-0000`), so never unique."""
@@ -297,6 +312,7 @@ companies_t = cast(Table, Company.__table__)
 people_t = cast(Table, Person.__table__)
 person_emails_t = cast(Table, PersonEmail.__table__)
 person_phones_t = cast(Table, PersonPhone.__table__)
+person_external_ids_t = cast(Table, PersonExternalId.__table__)
 person_unverified_phones_t = cast(Table, PersonUnverifiedPhone.__table__)
 visitors_t = cast(Table, Visitor.__table__)
 events_t = cast(Table, Event.__table__)

@@ -1,4 +1,4 @@
-"""The read routes: a person's timeline, people by id, e-mail or phone, companies."""
+"""The read routes: a person's timeline, people by id, e-mail, phone or external id, companies."""
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -62,6 +62,35 @@ async def test_people_and_companies_read_as_their_outcomes_show_them(
             assert (await foreign.get(path)).status_code == 404
         by_email = await foreign.get("/api/partner/people", params={"email": "ada@example.com"})
         assert by_email.status_code == 404
+
+
+async def test_a_person_is_found_by_its_external_id_as_sent_trimmed(
+    client: httpx.AsyncClient, api_url: str, engine: AsyncEngine, settings: Settings
+) -> None:
+    created = await client.post(
+        EVENTS,
+        headers={"Prefer": "wait=10"},
+        json={"type": "identify", "person": {"externalId": " App-User-42 "}},
+    )
+    assert created.status_code == 201
+    person = created.json()["person"]
+    assert person["externalId"] == "App-User-42"
+    found = await client.get("/api/partner/people", params={"externalId": "App-User-42 "})
+    assert (found.status_code, found.json()) == (200, person)
+    # Apps' ids are case-sensitive: another case is another user.
+    other_case = await client.get("/api/partner/people", params={"externalId": "app-user-42"})
+    assert other_case.status_code == 404
+    for query, loc in (
+        ({"externalId": "   "}, ["query", "externalId"]),
+        ({"email": "ada@example.com", "externalId": "App-User-42"}, ["query", "externalId"]),
+    ):
+        invalid = await client.get("/api/partner/people", params=query)
+        assert invalid.status_code == 422, query
+        assert invalid.json()["errors"][0]["loc"] == loc
+    other = await make_tenant(engine, settings)
+    async with httpx.AsyncClient(base_url=api_url, headers=other.headers) as foreign:
+        by_id = await foreign.get("/api/partner/people", params={"externalId": "App-User-42"})
+        assert by_id.status_code == 404
 
 
 async def test_a_timeline_pages_newest_first_and_filters(client: httpx.AsyncClient) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.contract.outcomes import event_key
-from shared.db.tables import Company, DeadLetter, Event, Person, PersonEmail
+from shared.db.tables import Company, DeadLetter, Event, Person, PersonEmail, PersonExternalId
 from shared.settings import Settings
 from tests.support.messages import (
     envelope,
@@ -26,6 +26,16 @@ from tests.support.messages import (
 from tests.support.processes import BIN, REPO, WorkerProcess, start_worker, stop
 from tests.support.redis_dbs import PIPELINE_OWN_WORKER, redis_url_with_db
 from tests.support.tenants import Tenant
+
+
+async def external_ids(engine: AsyncEngine, tenant_id: uuid.UUID) -> dict[str, str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(PersonExternalId.value, PersonExternalId.person_id).where(
+                PersonExternalId.tenant_id == tenant_id
+            )
+        )
+        return {r.value: str(r.person_id) for r in rows}
 
 
 @pytest.fixture
@@ -68,6 +78,45 @@ async def test_fifty_events_for_one_new_email_make_one_person(
         )
     assert len(person_ids) == 1 and None not in person_ids
     assert len(worker_pids(worker)) >= 2
+
+
+async def test_fifty_events_for_one_new_external_id_make_one_person_once(
+    worker: WorkerProcess, broker: redis.Redis, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    # Half name the app user alone, half bring an e-mail of their own to attach to it.
+    envelopes = [
+        envelope(
+            tenant.id,
+            {
+                "type": "page_view",
+                "person": {
+                    "externalId": "app-user-7",
+                    **({"emails": [f"u{i}@example.com"]} if i % 2 else {}),
+                },
+            },
+        )
+        for i in range(50)
+    ]
+    push(broker, *[("activity", message([e])) for e in envelopes], markers=envelopes)
+    outcomes = await wait_outcomes(broker, engine, [e.id for e in envelopes])
+
+    assert {o.status for o in outcomes.values()} == {"processed"}
+    assert sum(o.body["wasPersonCreated"] for o in outcomes.values()) == 1
+    assert {o.body["person"]["externalId"] for o in outcomes.values()} == {"app-user-7"}
+    expected = {"events": 50, "people": 1, "emails": 25, "companies": 0}
+    assert await totals(engine, tenant.id) == expected
+    assert await external_ids(engine, tenant.id) == {
+        "app-user-7": outcomes[envelopes[0].id].body["person"]["id"]
+    }
+    assert len(worker_pids(worker)) >= 2
+
+    # Every message delivered again, all at once: each re-announces its outcome, adds nothing.
+    push(broker, *[("activity", message([e])) for e in envelopes])
+    for e in envelopes:
+        await wait_announced(broker, e.id, 2)
+    assert await wait_outcomes(broker, engine, [e.id for e in envelopes]) == outcomes
+    assert await totals(engine, tenant.id) == expected
+    assert len(await external_ids(engine, tenant.id)) == 1
 
 
 async def test_fifty_events_for_one_new_company_make_one_company(

@@ -26,6 +26,8 @@ from tests.support.messages import contact_rich, envelope, totals
 from tests.support.tenants import Tenant
 from worker.errors import Failure, TransientError, classify
 from worker.matching import batch
+from worker.matching.load import lock_estimate, lock_names
+from worker.matching.parse import parse
 from worker.unit_of_work import Limits, commit_batch, publish_outcomes, split_by_locks
 
 TENANT = uuid.uuid4()
@@ -136,6 +138,21 @@ def test_a_message_is_split_in_order_within_the_budget() -> None:
     assert [len(p) for p in parts] == [4, 4, 2]  # 12 locks each: 48 + 48 + 24
     assert [e for p in parts for e in p] == events
     assert split_by_locks(events[:1], 5) == [events[:1]]  # too big alone: a part of its own
+
+
+def test_an_external_id_counts_in_the_lock_budget() -> None:
+    tenant = uuid.uuid4()
+    events = [
+        envelope(
+            tenant,
+            {"type": "inquiry", "person": {"externalId": f"u-{i}", "emails": [f"u{i}@x.example"]}},
+        )
+        for i in range(4)
+    ]
+    # The event, its external id and its e-mail: the estimate is what lock_names takes.
+    assert [lock_estimate(e) for e in events] == [3] * 4
+    assert [len(lock_names([parse(e, "US")])) for e in events] == [3] * 4
+    assert [len(p) for p in split_by_locks(events, 6)] == [2, 2]
 
 
 async def test_events_needing_more_locks_than_the_budget_commit_each_once(

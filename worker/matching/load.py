@@ -1,12 +1,12 @@
 """What a batch may touch: the advisory locks it takes, then every row it reads under them.
 
-Locking: every identity an event names (e-mail, phone, company name or id, personId, visitor,
-idempotency key) maps to a transaction-level advisory lock, and all of a batch's locks are taken
-up front in one sorted statement. Rows that exist are then locked FOR NO KEY UPDATE in id
-order, people before companies. Every transaction thus acquires its locks in one global order,
-so batches cannot deadlock each other, and no identity can be created or merged by two workers
-at once. Unique indexes remain the last line of defence: a violation aborts the batch, which is
-rerun and sees the winner.
+Locking: every identity an event names (external id, e-mail, phone, company name or id,
+personId, visitor, idempotency key) maps to a transaction-level advisory lock, and all of a
+batch's locks are taken up front in one sorted statement. Rows that exist are then locked FOR
+NO KEY UPDATE in id order, people before companies. Every transaction thus acquires its locks
+in one global order, so batches cannot deadlock each other, and no identity can be created or
+merged by two workers at once. Unique indexes remain the last line of defence: a violation
+aborts the batch, which is rerun and sees the winner.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +23,7 @@ from shared.db.locks import (
     company_key_lock,
     email_lock,
     event_lock,
+    external_id_lock,
     idempotency_lock,
     person_id_lock,
     phone_lock,
@@ -35,7 +36,8 @@ Owners = Mapping[tuple[UUID, str], UUID]  # (tenant id, identity) -> the id that
 
 @dataclass(frozen=True, slots=True)
 class PersonRow:
-    """A person as locked, with whether it already has a primary e-mail and phone."""
+    """A person as locked, with its external id and whether it already has a primary e-mail
+    and phone."""
 
     id: UUID
     tenant_id: UUID
@@ -46,6 +48,7 @@ class PersonRow:
     source: str | None
     stage: str | None
     company_id: UUID | None
+    external_id: str | None
     has_primary_email: bool
     has_primary_phone: bool
 
@@ -68,6 +71,7 @@ class Found:
 
     decided: frozenset[UUID] = frozenset()  # stored, or dead-lettered and not replayed
     first_by_key: Owners = field(default_factory=dict)  # the first event of an idempotency key
+    external_owner: Owners = field(default_factory=dict)
     email_owner: Owners = field(default_factory=dict)
     phone_owner: Owners = field(default_factory=dict)
     visitor_person: Owners = field(default_factory=dict)
@@ -80,6 +84,8 @@ def lock_names(events: Iterable[ParsedEvent]) -> set[str]:
     names: set[str] = set()
     for item in events:
         t, e = item.tenant_id, item.event
+        if e.person and e.person.external_id:
+            names.add(external_id_lock(t, e.person.external_id))
         names.update(email_lock(t, c.value) for c in item.emails)
         names.update(phone_lock(t, c.value) for c in item.phones)
         if e.person_id:
@@ -109,7 +115,11 @@ def lock_estimate(envelope: Envelope) -> int:
     )
     person = payload.get("person")
     if person:
-        locks += len(person.get("emails") or ()) + len(person.get("phones") or ())
+        locks += (
+            len(person.get("emails") or ())
+            + len(person.get("phones") or ())
+            + (person.get("externalId") is not None)
+        )
     company = payload.get("company")
     if company:
         locks += (company.get("id") is not None) + (company.get("name") is not None)
@@ -117,7 +127,8 @@ def lock_estimate(envelope: Envelope) -> int:
 
 
 # Reads that lock nothing, in one round trip: decided events ("d"), then the owners of
-# idempotency keys ("k"), e-mails ("e"), phones ("p") and visitors ("v"), each given as
+# idempotency keys ("k"), e-mails ("e"), phones ("p"), visitors ("v") and external ids ("x"),
+# each given as
 # (tenant ids, values) arrays. Arrays keep one statement text, so it is prepared once.
 _LOOKUP = """
 SELECT 'd', NULL::uuid, NULL::text, id FROM events WHERE id = ANY($1::uuid[])
@@ -136,11 +147,15 @@ WHERE (tenant_id, value) IN (SELECT * FROM unnest($6::uuid[], $7::text[]))
 UNION ALL
 SELECT 'v', tenant_id, visitor_id, person_id FROM visitors
 WHERE (tenant_id, visitor_id) IN (SELECT * FROM unnest($8::uuid[], $9::text[]))
+UNION ALL
+SELECT 'x', tenant_id, value, person_id FROM person_external_ids
+WHERE (tenant_id, value) IN (SELECT * FROM unnest($10::uuid[], $11::text[]))
 """
 
 _LOCK_PEOPLE = """
 SELECT p.id, p.tenant_id, p.created_at, p.first_name, p.last_name, COALESCE(p.tags, '{}'),
        p.source, p.stage, p.company_id,
+       (SELECT x.value FROM person_external_ids x WHERE x.person_id = p.id),
        EXISTS (SELECT FROM person_emails x WHERE x.person_id = p.id AND x.is_primary),
        EXISTS (SELECT FROM person_phones x WHERE x.person_id = p.id AND x.is_primary)
 FROM people p
@@ -148,8 +163,8 @@ WHERE (p.tenant_id, p.id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
 ORDER BY p.id
 FOR NO KEY UPDATE OF p
 """
-# _LOCK_PEOPLE's columns by name (three are expressions PostgreSQL would name "coalesce" and
-# "exists"), in its SELECT order.
+# _LOCK_PEOPLE's columns by name (four are expressions PostgreSQL would name "coalesce",
+# "value" and "exists"), in its SELECT order.
 _PERSON_COLUMNS = (
     "id",
     "tenant_id",
@@ -160,6 +175,7 @@ _PERSON_COLUMNS = (
     "source",
     "stage",
     "company_id",
+    "external_id",
     "has_primary_email",
     "has_primary_phone",
 )
@@ -199,12 +215,17 @@ async def load(
         _pairs((i.tenant_id, c.value) for i in events for c in i.emails),
         _pairs((i.tenant_id, c.value) for i in events for c in i.phones),
         _pairs((i.tenant_id, i.event.visitor_id) for i in events if i.event.visitor_id),
+        _pairs(
+            (i.tenant_id, i.event.person.external_id)
+            for i in events
+            if i.event.person and i.event.person.external_id
+        ),
     )
     params: list[list[Any]] = [event_ids]
     for pairs in lookups:
         params += ([t for t, _ in pairs], [v for _, v in pairs])
     decided: set[UUID] = set()
-    owners: dict[str, dict[tuple[UUID, str], UUID]] = {"k": {}, "e": {}, "p": {}, "v": {}}
+    owners: dict[str, dict[tuple[UUID, str], UUID]] = {k: {} for k in "kepvx"}
     found: Sequence[Sequence[Any]] = (await conn.exec_driver_sql(_LOOKUP, tuple(params))).all()
     for kind, tenant_id, value, target in found:
         if kind == "d":
@@ -214,7 +235,7 @@ async def load(
 
     person_pairs = _pairs(
         [(i.tenant_id, i.event.person_id) for i in events if i.event.person_id]
-        + [(t, p) for kind in "epv" for (t, _), p in owners[kind].items()]
+        + [(t, p) for kind in "epvx" for (t, _), p in owners[kind].items()]
     )
     people: dict[UUID, PersonRow] = {}
     if person_pairs:
@@ -246,6 +267,7 @@ async def load(
     return Found(
         decided=frozenset(decided),
         first_by_key=owners["k"],
+        external_owner=owners["x"],
         email_owner=owners["e"],
         phone_owner=owners["p"],
         visitor_person=owners["v"],

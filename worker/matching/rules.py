@@ -33,6 +33,7 @@ class PersonState:
     source: str | None = None
     stage: str | None = None
     company_id: UUID | None = None
+    external_id: str | None = None
     has_primary_email: bool = False
     has_primary_phone: bool = False
     new: bool = False
@@ -50,6 +51,7 @@ class PersonState:
             source=row.source,
             stage=row.stage,
             company_id=row.company_id,
+            external_id=row.external_id,
             has_primary_email=row.has_primary_email,
             has_primary_phone=row.has_primary_phone,
         )
@@ -91,6 +93,7 @@ class Plan:
         self.now = now
         self.decided = set(found.decided)
         self.first_by_key = dict(found.first_by_key)
+        self.external_owner = dict(found.external_owner)
         self.email_owner = dict(found.email_owner)
         self.phone_owner = dict(found.phone_owner)
         self.visitor_person = dict(found.visitor_person)
@@ -98,6 +101,7 @@ class Plan:
         self.companies = {i: CompanyState.of(row) for i, row in found.companies.items()}
         self.company_by_key = {(c.tenant_id, c.name_key): c.id for c in self.companies.values()}
         # Rows to write.
+        self.new_external_ids: list[dict[str, Any]] = []
         self.new_emails: list[dict[str, Any]] = []
         self.new_phones: list[dict[str, Any]] = []
         # Unverified phones are rows of their person only (never owned, never matched).
@@ -169,8 +173,14 @@ class Plan:
         return self._oldest(found).id
 
     def resolve_person(self, item: ParsedEvent) -> tuple[PersonState | None, bool, list[UUID]]:
-        """The event's person (existing, matched or created), whether it was created, conflicts."""
+        """The event's person (existing, matched or created), whether it was created, conflicts.
+
+        An external id is the strongest identity after personId. A person matched otherwise who
+        already has another external id is another app user: the event gets a new person.
+        """
         t, e = item.tenant_id, item.event
+        external_id = e.person.external_id if e.person else None
+        external_owner = self.external_owner.get((t, external_id)) if external_id else None
         if e.person_id is not None:
             person = self.people.get(e.person_id)
             if person is None or person.tenant_id != t:
@@ -181,12 +191,18 @@ class Plan:
                     f"no person {e.person_id} in this tenant",
                 )
             chosen: UUID | None = person.id
+        elif external_owner is not None:
+            chosen = external_owner
         else:
             chosen = (
                 self.best_match(item, item.emails, self.email_owner)
                 or self.best_match(item, item.phones, self.phone_owner)
                 or (self.visitor_person.get((t, e.visitor_id)) if e.visitor_id else None)
             )
+            if external_id and chosen is not None and self.people[chosen].external_id:
+                # Another app user: its e-mail or phone stays its own (a conflict, below); a
+                # shared browser's visitor id moves to the new person, as for any other match.
+                chosen = None
         created = False
         if chosen is None:
             if e.person is None or not e.person.has_identity():
@@ -205,12 +221,15 @@ class Plan:
             for c in contacts
             if (owner := owners.get((t, c.value))) is not None and owner != person.id
         }
+        if external_owner is not None and external_owner != person.id:  # personId named another
+            others.add(external_owner)
         if e.person is not None:
             self.merge(person, item)
         return person, created, sorted(others, key=str)
 
     def merge(self, person: PersonState, item: ParsedEvent) -> None:
-        """Add unclaimed e-mails and phones, fill empty fields; never overwrite or steal.
+        """Add an unclaimed external id (to a person without one) and unclaimed e-mails and
+        phones, fill empty fields; never overwrite or steal.
 
         Unverified phones are added too (an existing one is kept by the insert), but they never
         decide whom an event belongs to.
@@ -218,6 +237,20 @@ class Plan:
         data = item.event.person
         assert data is not None
         changed = False
+        if data.external_id and person.external_id is None:
+            key = (person.tenant_id, data.external_id)
+            if key not in self.external_owner:
+                person.external_id = data.external_id
+                self.external_owner[key] = person.id
+                self.new_external_ids.append(
+                    {
+                        "tenant_id": person.tenant_id,
+                        "value": data.external_id,
+                        "person_id": person.id,
+                        "created_at": self.now,
+                    }
+                )
+                changed = True
         for name in ("first_name", "last_name", "source", "stage"):
             value = getattr(data, name)
             if value and getattr(person, name) is None:

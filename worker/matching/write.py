@@ -27,6 +27,8 @@ async def write(conn: AsyncConnection, plan: Plan, *, backfill_rows: int) -> boo
     """
     await _insert_and_update(conn, companies_t, plan.companies.values(), _company_row, plan.now)
     await _insert_and_update(conn, people_t, plan.people.values(), _person_row, plan.now)
+    if plan.new_external_ids:
+        await _INSERT_EXTERNAL_IDS.run(conn, plan.new_external_ids)
     for statement, rows in (
         (_INSERT_EMAILS, plan.new_emails),
         (_INSERT_PHONES, plan.new_phones),
@@ -203,6 +205,10 @@ _CONTACT_COLUMNS = {
     "is_primary": "bool",
     "created_at": "timestamptz",
 }
+_INSERT_EXTERNAL_IDS = BulkInsert(
+    "person_external_ids",
+    {"tenant_id": "uuid", "value": "text", "person_id": "uuid", "created_at": "timestamptz"},
+)
 _INSERT_EMAILS = BulkInsert("person_emails", _CONTACT_COLUMNS)
 _INSERT_PHONES = BulkInsert("person_phones", _CONTACT_COLUMNS)
 _INSERT_UNVERIFIED_PHONES = BulkInsert(

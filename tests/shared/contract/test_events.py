@@ -59,12 +59,25 @@ def nested(depth: int) -> Any:
             ("person", "phones"),
         ),
         ({"person": {"emails": ["undefined@example.com"]}}, ("person", "emails", 0, "value")),
+        ({"person": {"externalId": "undefined"}}, ("person", "externalId")),
+        ({"person": {"externalId": " NULL "}}, ("person", "externalId")),
+        ({"person": {"externalId": "[object Object]"}}, ("person", "externalId")),
+        ({"person": {"externalId": "0"}}, ("person", "externalId")),
+        ({"person": {"externalId": "   "}}, ("person", "externalId")),
+        ({"person": {"externalId": "u" * 256}}, ("person", "externalId")),
+        ({"person": {"externalId": 42}}, ("person", "externalId")),
     ],
 )
 def test_unstorable_or_placeholder_values_are_refused_naming_the_field(
     extra: dict[str, Any], loc: tuple[str | int, ...]
 ) -> None:
     assert loc in [found for found, _ in errors({**BASE, **extra})]
+
+
+def test_an_external_id_is_trimmed_keeps_its_case_and_is_an_identity_alone() -> None:
+    event = EventIn.model_validate({"type": "identify", "person": {"externalId": " User-42 "}})
+    assert event.person is not None and event.person.external_id == "User-42"
+    assert event.person.has_identity()
 
 
 def test_a_thousand_levels_of_metadata_are_refused_without_recursing_that_deep() -> None:

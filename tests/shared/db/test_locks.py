@@ -15,6 +15,7 @@ from shared.db.locks import (
     company_key_lock,
     email_lock,
     event_lock,
+    external_id_lock,
     idempotency_lock,
     lock_key,
     person_id_lock,
@@ -40,6 +41,12 @@ ROW = uuid.UUID("00000000-0000-4000-8000-0000000000aa")
             (TENANT, "+15035550199"),
             "00000000-0000-4000-8000-000000000001|p|+15035550199",
             -188995619921190316,
+        ),
+        (
+            external_id_lock,
+            (TENANT, "User-42"),
+            "00000000-0000-4000-8000-000000000001|x|User-42",
+            3306444740619346173,
         ),
         (
             person_id_lock,

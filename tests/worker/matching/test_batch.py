@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.contract.outcomes import StoredOutcome
 from shared.contract.queues import Envelope
-from shared.db.tables import Event, Person, PersonEmail, PersonPhone
+from shared.db.tables import Event, Person, PersonEmail, PersonExternalId, PersonPhone
 from shared.settings import Settings
 from tests.support.messages import envelope, totals
 from tests.support.tenants import Tenant, make_tenant
@@ -324,3 +324,45 @@ async def test_batches_in_opposite_orders_do_not_deadlock(
             .all()
         )
     assert all(t == ["t"] for t in tagged)
+
+
+async def test_two_new_external_ids_racing_for_one_person_leave_it_one(
+    engine: AsyncEngine, tenant: Tenant
+) -> None:
+    # Ann is matched by her e-mail in one event and by her phone in the other: no advisory lock
+    # is shared, only her row's. Whichever commits first gives her its external id; the other
+    # (rerun if it raced past the row lock) sees it, and makes a person of its own.
+    for i in range(5):
+        email, phone = f"ann{i}@example.com", f"+1503555{2000 + i}"
+        seed = await one(
+            engine, tenant, {"type": "x", "person": {"emails": [email], "phones": [phone]}}
+        )
+        ann = seed.body["person"]["id"]
+        by_email = envelope(
+            tenant.id, {"type": "x", "person": {"externalId": f"a-{i}", "emails": [email]}}
+        )
+        by_phone = envelope(
+            tenant.id, {"type": "x", "person": {"externalId": f"b-{i}", "phones": [phone]}}
+        )
+        first, second = await asyncio.gather(run(engine, [by_email]), run(engine, [by_phone]))
+        outcomes = [first[by_email.id], second[by_phone.id]]
+        assert [o.status for o in outcomes] == ["processed", "processed"]
+        kept = [o for o in outcomes if o.body["person"]["id"] == ann]
+        apart = [o for o in outcomes if o.body["person"]["id"] != ann]
+        assert len(kept) == len(apart) == 1
+        assert apart[0].body["wasPersonCreated"] is True
+        assert apart[0].body["matchConflict"] == {"otherPersonIds": [ann]}
+        assert kept[0].body["person"]["externalId"] != apart[0].body["person"]["externalId"]
+        async with engine.connect() as conn:
+            owned = (
+                (
+                    await conn.execute(
+                        select(PersonExternalId.value).where(
+                            PersonExternalId.person_id == uuid.UUID(ann)
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert owned == [kept[0].body["person"]["externalId"]]

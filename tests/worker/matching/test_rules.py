@@ -39,6 +39,7 @@ def person(id: uuid.UUID, *, age_days: int = 1, tenant: uuid.UUID = T, **fields:
         "source": None,
         "stage": None,
         "company_id": None,
+        "external_id": None,
         "has_primary_email": False,
         "has_primary_phone": False,
         **fields,
@@ -241,6 +242,127 @@ def test_no_person_without_an_identity(payload: dict[str, Any]) -> None:
     row = row_of(plan, item)
     assert row["person_id"] is None and row["was_person_created"] is False
     assert not plan.people and not plan.visitor_rows and not plan.new_emails
+
+
+# External ids --------------------------------------------------------------------------------
+
+
+def test_an_external_id_is_the_person_and_wins_over_an_email_match() -> None:
+    item = event({"person": {"externalId": "user-1", "emails": ["bob@example.com"]}})
+    found = Found(
+        external_owner={(T, "user-1"): ANN},
+        email_owner={(T, "bob@example.com"): BOB},
+        people={ANN: person(ANN, external_id="user-1"), BOB: person(BOB, age_days=10)},
+    )
+    plan = planned(found, item)
+    row = row_of(plan, item)
+    assert (row["person_id"], row["match_conflict"]) == (ANN, [str(BOB)])
+    assert not new_people(plan) and not plan.new_external_ids and not plan.new_emails
+
+
+def test_an_external_id_matches_case_sensitively_and_only_in_its_tenant() -> None:
+    found = Found(
+        external_owner={(T, "user-1"): ANN, (OTHER, "user-2"): BOB},
+        people={ANN: person(ANN, external_id="user-1"), BOB: person(BOB, tenant=OTHER)},
+    )
+    upper, foreign = (
+        event({"person": {"externalId": "USER-1"}}),
+        event({"person": {"externalId": "user-2"}}),
+    )
+    plan = planned(found, upper, foreign)
+    assert row_of(plan, upper)["was_person_created"] is True
+    assert row_of(plan, foreign)["was_person_created"] is True
+    assert len(new_people(plan)) == 2
+
+
+def test_an_external_id_is_attached_to_the_email_match_without_one() -> None:
+    item = event({"person": {"externalId": "user-1", "emails": ["ann@example.com"]}})
+    found = Found(email_owner={(T, "ann@example.com"): ANN}, people={ANN: person(ANN)})
+    plan = planned(found, item)
+    row = row_of(plan, item)
+    assert (row["person_id"], row["was_person_created"], row["match_conflict"]) == (
+        ANN,
+        False,
+        None,
+    )
+    assert plan.new_external_ids == [
+        {"tenant_id": T, "value": "user-1", "person_id": ANN, "created_at": NOW}
+    ]
+    assert plan.people[ANN].external_id == "user-1" and plan.people[ANN].dirty
+
+
+def test_an_email_of_another_external_id_makes_a_new_person_and_a_conflict() -> None:
+    item = event({"person": {"externalId": "user-2", "emails": ["ann@example.com"]}})
+    found = Found(
+        external_owner={(T, "user-1"): ANN},
+        email_owner={(T, "ann@example.com"): ANN},
+        people={ANN: person(ANN, external_id="user-1")},
+    )
+    plan = planned(found, item)
+    (created,) = new_people(plan)
+    row = row_of(plan, item)
+    assert (row["person_id"], row["was_person_created"]) == (created, True)
+    assert row["match_conflict"] == [str(ANN)]
+    # Nothing is merged or stolen: Ann keeps her e-mail and her external id.
+    assert not plan.new_emails and plan.email_owner[(T, "ann@example.com")] == ANN
+    assert plan.new_external_ids == [
+        {"tenant_id": T, "value": "user-2", "person_id": created, "created_at": NOW}
+    ]
+    assert plan.people[ANN].external_id == "user-1" and not plan.people[ANN].dirty
+
+
+def test_a_visitor_of_another_external_id_makes_a_new_person_who_takes_the_visitor() -> None:
+    item = event({"visitorId": "shared-browser", "person": {"externalId": "user-2"}})
+    found = Found(
+        external_owner={(T, "user-1"): ANN},
+        visitor_person={(T, "shared-browser"): ANN},
+        people={ANN: person(ANN, external_id="user-1")},
+    )
+    plan = planned(found, item)
+    (created,) = new_people(plan)
+    assert row_of(plan, item)["person_id"] == created
+    assert plan.visitor_rows[(T, "shared-browser")]["person_id"] == created
+
+
+def test_an_external_id_alone_creates_its_person_once_per_batch() -> None:
+    first, second = (event({"person": {"externalId": "user-1"}}) for _ in range(2))
+    plan = planned(Found(), first, second)
+    (created,) = new_people(plan)
+    assert [row_of(plan, i)["person_id"] for i in (first, second)] == [created, created]
+    assert [row_of(plan, i)["was_person_created"] for i in (first, second)] == [True, False]
+    assert plan.new_external_ids == [
+        {"tenant_id": T, "value": "user-1", "person_id": created, "created_at": NOW}
+    ]
+
+
+def test_a_person_id_keeps_its_own_external_id_and_names_the_other_owner() -> None:
+    item = event({"personId": str(ANN), "person": {"externalId": "user-2"}})
+    found = Found(
+        external_owner={(T, "user-1"): ANN, (T, "user-2"): BOB},
+        people={ANN: person(ANN, external_id="user-1"), BOB: person(BOB)},
+    )
+    plan = planned(found, item)
+    row = row_of(plan, item)
+    assert (row["person_id"], row["match_conflict"]) == (ANN, [str(BOB)])
+    assert not plan.new_external_ids and plan.people[ANN].external_id == "user-1"
+
+
+def test_in_one_batch_a_second_external_id_for_an_email_is_another_person() -> None:
+    # The first event gives Ann an external id; the second, with another, must not merge.
+    first = event({"person": {"externalId": "user-1", "emails": ["ann@example.com"]}})
+    second = event({"person": {"externalId": "user-2", "emails": ["ann@example.com"]}})
+    found = Found(email_owner={(T, "ann@example.com"): ANN}, people={ANN: person(ANN)})
+    plan = planned(found, first, second)
+    (created,) = new_people(plan)
+    assert row_of(plan, first)["person_id"] == ANN
+    assert (row_of(plan, second)["person_id"], row_of(plan, second)["match_conflict"]) == (
+        created,
+        [str(ANN)],
+    )
+    assert [(r["value"], r["person_id"]) for r in plan.new_external_ids] == [
+        ("user-1", ANN),
+        ("user-2", created),
+    ]
 
 
 # Merging -------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from shared.db.tables import (
     idempotency_keys_t,
     people_t,
     person_emails_t,
+    person_external_ids_t,
     person_phones_t,
     person_unverified_phones_t,
     visitors_t,
@@ -22,6 +23,7 @@ from worker.matching.rules import CompanyState, PersonState
 from worker.matching.write import (
     _INSERT_EMAILS,
     _INSERT_EVENTS,
+    _INSERT_EXTERNAL_IDS,
     _INSERT_IDEMPOTENCY_KEYS,
     _INSERT_PHONES,
     _INSERT_UNVERIFIED_PHONES,
@@ -50,6 +52,7 @@ def _record_type(column_type: object) -> str:
 @pytest.mark.parametrize(
     ("spec", "table"),
     [
+        (_INSERT_EXTERNAL_IDS, person_external_ids_t),
         (_INSERT_EMAILS, person_emails_t),
         (_INSERT_PHONES, person_phones_t),
         (_INSERT_UNVERIFIED_PHONES, person_unverified_phones_t),
