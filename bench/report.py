@@ -163,29 +163,36 @@ def _reference_rows(results: "Results") -> list[str]:
 
 
 def _door_rows(results: "Results") -> list[str]:
-    """Figures b3-b5: the browser doors and the rate limiter, against (b)."""
+    """Figures b3-b5: the browser doors against (b) run around them, the rate limiter's cost."""
     ingest, unlimited = results.ingest, results.ingest_unlimited
     pixel, beacon = results.pixel, results.beacon
     assert ingest is not None and unlimited is not None
     assert pixel is not None and beacon is not None
+    around = results.door_reference or [ingest]
+    rps = sum(r.rps for r in around) / len(around)
+    p99 = max(r.p99_ms for r in around)
 
     def measured(ref: "Reference") -> str:
         errors = f", {ref.errors} errors" if ref.errors else ""
         return f"{_n(ref.rps)} req/s, p50 {ref.p50_ms:.1f} ms, p99 {ref.p99_ms:.1f} ms{errors}"
 
     def door_ok(ref: "Reference", floor: float) -> bool:
-        return ref.rps >= floor * ingest.rps and ref.p99_ms <= ingest.p99_ms and not ref.errors
+        return ref.rps >= floor * rps and ref.p99_ms <= p99 and not ref.errors
 
     cost = 1 - ingest.rps / unlimited.rps
-    against = f"(b) {_n(ingest.rps)} req/s, p99 {ingest.p99_ms:.1f} ms"
+    runs = " and ".join(_n(r.rps) for r in around)
+    against = (
+        f"(b) run just before and after the doors, same process: {runs} req/s (mean"
+        f" {_n(rps)}), p99 ≤ {p99:.1f} ms"
+    )
     return [
         f"| b3 | pixel, one page view per `GET /pixel.gif?k=…` (same flags, no worker) | "
-        f"{measured(pixel)} | {against} | {_ratio(pixel.rps, ingest.rps)}; p99 "
-        f"{_ratio(pixel.p99_ms, ingest.p99_ms)} | ≥ 1.0 and p99 ≤ (b)'s: "
+        f"{measured(pixel)} | {against} | {_ratio(pixel.rps, rps)}; p99 "
+        f"{_ratio(pixel.p99_ms, p99)} | ≥ 1.0 and p99 ≤ (b)'s: "
         f"{_mark(door_ok(pixel, 1.0))} |",
         f"| b4 | beacon, the same page view as `text/plain` to `POST /beacon?k=…` from an "
         f"allowed origin (same flags, no worker) | {measured(beacon)} | {against} | "
-        f"{_ratio(beacon.rps, ingest.rps)}; p99 {_ratio(beacon.p99_ms, ingest.p99_ms)} | "
+        f"{_ratio(beacon.rps, rps)}; p99 {_ratio(beacon.p99_ms, p99)} | "
         f"≥ 0.9 and p99 ≤ (b)'s: {_mark(door_ok(beacon, 0.9))} |",
         f"| b5 | (b) with the rate limiter off (`LEADSTREAM_RATE_LIMIT_PER_SECOND=0`; on in "
         f"every other row, at a rate no client reaches) | {measured(unlimited)} | (b) "

@@ -135,6 +135,7 @@ class Results:
     ingest_unlimited: Reference | None = None  # (b), the rate limiter off
     pixel: Reference | None = None
     beacon: Reference | None = None
+    door_reference: list[Reference] = field(default_factory=list)  # (b) just before and after
     phases: list[PhaseResult] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     accepted_total: int = 0

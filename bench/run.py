@@ -174,10 +174,17 @@ def run(config: Config) -> Results:
                 s.api_url, s, "ingest-batch", batch=BATCH_REFERENCE_SIZE
             )
             results.memory["api_after_batch_reference"] = procs.rss_bytes([s.api.pid])
-        with results.step("(b3) pixel"):
+        with results.step("(b3, b4) pixel and beacon, between two runs of (b)"):
+            # The doors are compared with the POST run right around them, on the same process
+            # and an emptied Redis: (b) ran first, on a process and a Redis that (b2) has since
+            # loaded, and runs differ by ±10% on a shared box.
+            wait_api_idle(s.api_url)
+            flush_redis(services.redis_url)
+            before, _ = reference(s.api_url, s, "ingest-before-doors")
             results.pixel, _ = reference(s.api_url, s, "pixel", script="pixel.lua")
-        with results.step("(b4) beacon"):
             results.beacon, _ = reference(s.api_url, s, "beacon", script="beacon.lua")
+            after, _ = reference(s.api_url, s, "ingest-after-doors")
+            results.door_reference = [before, after]
             # wrk leaves up to -c requests in flight when it stops; the API still queues them.
             wait_api_idle(s.api_url)
             flush_redis(services.redis_url)  # no worker ran: those queued events must not count
