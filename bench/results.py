@@ -133,9 +133,10 @@ class Results:
     ingest: Reference | None = None
     ingest_batch: Reference | None = None
     ingest_unlimited: Reference | None = None  # (b), the rate limiter off
-    pixel: Reference | None = None
-    beacon: Reference | None = None
-    door_reference: list[Reference] = field(default_factory=list)  # (b) just before and after
+    # b3 and b4: rounds of (b), pixel and beacon runs, interleaved.
+    door_reference: list[Reference] = field(default_factory=list)
+    pixels: list[Reference] = field(default_factory=list)
+    beacons: list[Reference] = field(default_factory=list)
     phases: list[PhaseResult] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     accepted_total: int = 0

@@ -174,17 +174,18 @@ def run(config: Config) -> Results:
                 s.api_url, s, "ingest-batch", batch=BATCH_REFERENCE_SIZE
             )
             results.memory["api_after_batch_reference"] = procs.rss_bytes([s.api.pid])
-        with results.step("(b3, b4) pixel and beacon, between two runs of (b)"):
-            # The doors are compared with the POST run right around them, on the same process
-            # and an emptied Redis: (b) ran first, on a process and a Redis that (b2) has since
-            # loaded, and runs differ by ±10% on a shared box.
+        with results.step("(b3, b4) pixel and beacon, interleaved with runs of (b)"):
+            # The doors are compared with POST runs interleaved with theirs, on the same process
+            # and an emptied Redis (medians of DOOR_ROUNDS rounds): (b) ran first, on a process
+            # and a Redis that (b2) has since loaded, and runs differ by ±10% on a shared box.
             wait_api_idle(s.api_url)
             flush_redis(services.redis_url)
-            before, _ = reference(s.api_url, s, "ingest-before-doors")
-            results.pixel, _ = reference(s.api_url, s, "pixel", script="pixel.lua")
-            results.beacon, _ = reference(s.api_url, s, "beacon", script="beacon.lua")
-            after, _ = reference(s.api_url, s, "ingest-after-doors")
-            results.door_reference = [before, after]
+            for n in range(1 if config.quick else DOOR_ROUNDS):
+                results.door_reference.append(reference(s.api_url, s, f"ingest-doors-{n}")[0])
+                results.pixels.append(reference(s.api_url, s, f"pixel-{n}", script="pixel.lua")[0])
+                results.beacons.append(
+                    reference(s.api_url, s, f"beacon-{n}", script="beacon.lua")[0]
+                )
             # wrk leaves up to -c requests in flight when it stops; the API still queues them.
             wait_api_idle(s.api_url)
             flush_redis(services.redis_url)  # no worker ran: those queued events must not count
@@ -200,6 +201,10 @@ def run(config: Config) -> Results:
         log(f"wrote {config.out} and {config.plot_path}")
         ok = True
     return results
+
+
+# Rounds of (b), pixel and beacon runs whose medians b3 and b4 compare.
+DOOR_ROUNDS = 3
 
 
 def main(argv: list[str] | None = None) -> int:

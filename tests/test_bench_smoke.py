@@ -36,7 +36,8 @@ def test_tiny_bench_produces_numbers_and_loses_nothing(tmp_path: Path) -> None:
     results = run(config)
 
     assert results.bare is not None and results.ingest is not None
-    doors = (results.pixel, results.beacon, results.ingest_unlimited)
+    assert results.pixels and results.beacons and results.door_reference
+    doors = (*results.pixels, *results.beacons, *results.door_reference, results.ingest_unlimited)
     for reference in (results.bare, results.ingest, *doors):
         assert reference is not None and reference.rps > 0 and reference.p99_ms > 0
         assert reference.errors == 0  # no 429, no 4xx: every request was queued
