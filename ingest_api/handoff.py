@@ -36,10 +36,18 @@ ENQUEUE_FAILURES = Counter("leadstream_enqueue_failures_total", "Events refused 
 ACCEPTED = {queue: EVENTS_ACCEPTED.labels(queue) for queue in (LEADS_QUEUE, ACTIVITY_QUEUE)}
 
 
-async def queue_event(state: IngestState, event: EventIn, tenant_id: UUID) -> UUID:
-    """Queue one event for `tenant_id` and return its id; ProblemError 422 if it cannot be
-    queued, 503 if the queue did not take it in time."""
+async def queue_event(
+    state: IngestState, event: EventIn, tenant_id: UUID, extra: dict[str, str | None]
+) -> UUID:
+    """Queue one event for `tenant_id`, its payload updated by `extra` (a None value removes
+    the field), and return its id; ProblemError 422 if it cannot be queued, 503 if the queue
+    did not take it in time."""
     envelope = make_envelope(event, tenant_id, datetime.now(UTC), None, notify=False)
+    for name, value in extra.items():
+        if value is None:
+            envelope.payload.pop(name, None)
+        else:
+            envelope.payload[name] = value
     if (problem := unqueueable(envelope)) is not None:
         raise validation_problem([{**problem, "loc": ()}], prefix=("body",))
     queue = queue_for(event.type)

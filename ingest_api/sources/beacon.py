@@ -20,7 +20,7 @@ from ingest_api.problems import (
     validation_problem,
 )
 from ingest_api.rate_limit import RATE_LIMIT_HEADERS, too_many_requests
-from ingest_api.sources.browser import RequestFacts, complete, cors_headers, query_params
+from ingest_api.sources.browser import RequestFacts, completion, cors_headers, query_params
 from ingest_api.sources.key_cache import KeysUnavailableError
 from ingest_api.sources.site_keys import origin_allowed
 from ingest_api.state import IngestState
@@ -88,7 +88,7 @@ async def serve_beacon(
             errors = exc.errors(include_url=False, include_input=False)
             raise validation_problem(errors, prefix=("body",)) from None
         await queue_event(
-            state, complete(event, site, RequestFacts.of(scope, headers)), site.tenant_id
+            state, event, site.tenant_id, completion(event, site, RequestFacts.of(scope, headers))
         )
         await _no_content(send, cors)
     except DisconnectedError:

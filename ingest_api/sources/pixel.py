@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from ingest_api.asgi import Receive, Scope, Send
 from ingest_api.handoff import queue_event
 from ingest_api.problems import ProblemError, problem_error_response
-from ingest_api.sources.browser import RequestFacts, complete, query_params
+from ingest_api.sources.browser import RequestFacts, completion, query_params
 from ingest_api.sources.key_cache import KeysUnavailableError
 from ingest_api.sources.site_keys import origin_allowed
 from ingest_api.state import IngestState
@@ -156,7 +156,7 @@ async def _queue(state: IngestState | None, scope: Scope) -> str | None:
         return "invalid"
     try:
         await queue_event(
-            state, complete(event, site, RequestFacts.of(scope, headers)), site.tenant_id
+            state, event, site.tenant_id, completion(event, site, RequestFacts.of(scope, headers))
         )
     except ProblemError as exc:
         log.info("pixel.refused", reason=exc.kind, site=site.key, detail=exc.detail)

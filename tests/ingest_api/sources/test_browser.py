@@ -5,7 +5,7 @@ from ipaddress import ip_address
 from urllib.parse import parse_qsl
 from uuid import uuid4
 
-from ingest_api.sources.browser import RequestFacts, apply_ip_policy, complete, query_params
+from ingest_api.sources.browser import RequestFacts, apply_ip_policy, completion, query_params
 from ingest_api.sources.pixel import event_fields
 from shared.contract.events import EventIn
 from shared.db.sites import Site
@@ -61,10 +61,11 @@ def test_the_pixel_parameter_map() -> None:
 def test_the_request_fills_what_the_event_does_not_say() -> None:
     facts = RequestFacts(ip_address("198.51.100.23"), "Mozilla/5.0", "https://agent.example/l/2")
     event = EventIn.model_validate({"type": "page_view", "visitorId": "v"})
-    filled = complete(event, _site("truncate"), facts)
-    assert filled.page_url == "https://agent.example/l/2"
-    assert filled.user_agent == "Mozilla/5.0"
-    assert str(filled.ip_address) == "198.51.100.0"
+    assert completion(event, _site("truncate"), facts) == {
+        "pageUrl": "https://agent.example/l/2",
+        "userAgent": "Mozilla/5.0",
+        "ipAddress": "198.51.100.0",
+    }
     said = EventIn.model_validate(
         {
             "type": "page_view",
@@ -74,13 +75,10 @@ def test_the_request_fills_what_the_event_does_not_say() -> None:
             "ipAddress": "192.0.2.5",
         }
     )
-    kept = complete(said, _site("keep"), facts)
-    assert (kept.page_url, kept.user_agent, str(kept.ip_address)) == (
-        "https://agent.example/own",
-        "own",
-        "192.0.2.5",
-    )
-    assert complete(said, _site("drop"), facts).ip_address is None
+    # What the event says is kept, its address too, under the site's policy.
+    assert completion(said, _site("keep"), facts) == {"ipAddress": "192.0.2.5"}
+    assert completion(said, _site("truncate"), facts) == {"ipAddress": "192.0.2.0"}
+    assert completion(said, _site("drop"), facts) == {"ipAddress": None}
 
 
 def test_request_facts_keep_only_what_an_event_may_hold() -> None:
