@@ -78,7 +78,8 @@ def _envelopes(tenant_id: uuid.UUID, count: int, *, notify: bool) -> list[Envelo
 
 
 async def _queue(settings: Settings, envelopes: list[Envelope]) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url)
+    # No socket timeout: the writer bounds its calls itself (redis-py 8 sets one by default).
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=None)
     writer = RedisWriter(
         client,
         marker_ttl=settings.queued_marker_ttl_seconds,
