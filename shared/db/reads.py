@@ -7,48 +7,15 @@ everywhere.
 """
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.contract.outcomes import StoredOutcome
-
-Getter = Callable[[Sequence[Any]], tuple[Any, ...]]
-
-
-@dataclass(frozen=True)
-class _Select:
-    """A SELECT list described once, as column name -> SQL; rows are read by these names."""
-
-    columns: dict[str, str]
-
-    @property
-    def sql(self) -> str:
-        return ", ".join(self.columns.values())
-
-    def get(self, *names: str, start: int = 0) -> Getter:
-        """The named columns' values of a row in which this list starts at `start`, in the
-        order named (one C call per row, however many columns)."""
-        order = list(self.columns)
-        pick = itemgetter(*(start + order.index(name) for name in names))
-        return pick if len(names) > 1 else lambda row: (pick(row),)
-
-
-def _columns(alias: str, *names: str) -> dict[str, str]:
-    return {name: f"{alias}.{name}" for name in names}
-
-
-def _contacts_of(table: str) -> str:
-    # Primary first, then oldest: the order a person's contact points are shown in.
-    order = "x.is_primary DESC, x.created_at, x.value"
-    points = f"array_agg(ROW(x.value, x.type, x.is_primary) ORDER BY {order})"
-    return f"(SELECT {points} FROM {table} x WHERE x.person_id = p.id)"  # noqa: S608 (a constant table name)
-
+from shared.db.select_lists import Getter, SelectList, columns, contacts_of
 
 # Event columns echoed back under their wire names when they are set, in body order.
 _EVENT_FIELDS = {
@@ -83,9 +50,9 @@ def _event_column(column: str) -> str:
     return f"e.{column}"
 
 
-_EVENT = _Select(
+_EVENT = SelectList(
     {
-        **_columns(
+        **columns(
             "e",
             "id",
             "tenant_id",
@@ -101,9 +68,9 @@ _EVENT = _Select(
         **{column: _event_column(column) for column in _EVENT_FIELDS},
     }
 )
-_PERSON = _Select(
+_PERSON = SelectList(
     {
-        **_columns(
+        **columns(
             "p",
             "id",
             "first_name",
@@ -116,16 +83,16 @@ _PERSON = _Select(
             "updated_at",
         ),
         "external_id": "(SELECT x.value FROM person_external_ids x WHERE x.person_id = p.id)",
-        "emails": _contacts_of("person_emails"),
-        "phones": _contacts_of("person_phones"),
+        "emails": contacts_of("person_emails"),
+        "phones": contacts_of("person_phones"),
         "unverified_phones": (
             "(SELECT array_agg(ROW(x.value, x.type) ORDER BY x.created_at, x.value)"
             " FROM person_unverified_phones x WHERE x.person_id = p.id)"
         ),
     }
 )
-_COMPANY = _Select(
-    _columns(
+_COMPANY = SelectList(
+    columns(
         "c",
         "id",
         "name",

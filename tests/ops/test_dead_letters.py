@@ -9,8 +9,8 @@ import redis
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ops.cli import _replay
 from ops.dead_letters import dead_t, replay_dead_letters
+from ops.dead_letters_cli import _replay
 from shared.broker.writers import QueueUnavailableError
 from shared.contract.outcomes import event_key
 from shared.contract.queues import Envelope

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db.tables import companies_t, dead_letters_t, people_t
 from worker.errors import DuplicateEventError
-from worker.matching.rules import CompanyState, PersonState, Plan
+from worker.matching.rules import Plan
+from worker.matching.states import CompanyState, PersonState
 
 _State = TypeVar("_State", PersonState, CompanyState)
 

@@ -19,7 +19,7 @@ from shared.db.tables import (
     person_unverified_phones_t,
     visitors_t,
 )
-from worker.matching.rules import CompanyState, PersonState
+from worker.matching.states import CompanyState, PersonState
 from worker.matching.write import (
     _INSERT_EMAILS,
     _INSERT_EVENTS,
