@@ -48,6 +48,7 @@ from ingest_api.http_body import (
 from ingest_api.paths import BATCH_PATH, EVENTS_PATH
 from ingest_api.problems import (
     ProblemError,
+    not_ready,
     problem_error_response,
     problem_response,
     validation_problem,
@@ -208,13 +209,7 @@ class Intake:
         # Set by the lifespan; uvicorn serves no request before it, an ASGI test client might.
         state: IngestState | None = getattr(self.app.state, "ingest", None)
         if state is None:
-            raise ProblemError(
-                503,
-                "Starting",
-                "the API is not ready",
-                kind="not-ready",
-                headers={"Retry-After": "1"},
-            )
+            raise not_ready()
         return await admit(principal, state.tenants, WRITE_SCOPE), state
 
     async def _enqueue(

@@ -76,6 +76,25 @@ def validation_problem(
     )
 
 
+def not_ready() -> ProblemError:
+    """503 while the lifespan has not made the process's state (an ASGI test client may ask)."""
+    return ProblemError(
+        503, "Starting", "the API is not ready", kind="not-ready", headers={"Retry-After": "1"}
+    )
+
+
+def unavailable_to_check(what: str) -> ProblemError:
+    """503 when PostgreSQL cannot say whether a key is valid, for a key this process has not
+    seen yet."""
+    return ProblemError(
+        503,
+        "Unavailable",
+        f"the {what} cannot be checked now: retry after Retry-After seconds",
+        kind="unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def problem_error_response(exc: ProblemError) -> Response:
     return problem_response(
         exc.status, exc.title, exc.detail, kind=exc.kind, errors=exc.errors, headers=exc.headers

@@ -15,8 +15,10 @@ from ingest_api.handoff import queue_event
 from ingest_api.http_body import DisconnectedError, read_body
 from ingest_api.problems import (
     ProblemError,
+    not_ready,
     problem_error_response,
     problem_response,
+    unavailable_to_check,
     validation_problem,
 )
 from ingest_api.rate_limit import RATE_LIMIT_HEADERS, too_many_requests
@@ -46,13 +48,7 @@ async def serve_beacon(
     cors: dict[str, str] = {}
     try:
         if state is None:
-            raise ProblemError(
-                503,
-                "Starting",
-                "the API is not ready",
-                kind="not-ready",
-                headers={"Retry-After": "1"},
-            )
+            raise not_ready()
         site = await _site(state, scope)
         origin = headers.get(b"origin")
         if not origin_allowed(site, origin):
@@ -110,13 +106,7 @@ async def _site(state: IngestState, scope: Scope) -> Site:
     try:
         site = await state.sites.find(_key(scope))
     except KeysUnavailableError:
-        raise ProblemError(
-            503,
-            "Unavailable",
-            "the key cannot be checked now: retry after Retry-After seconds",
-            kind="unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise unavailable_to_check("key") from None
     if site is None:
         raise ProblemError(
             401,

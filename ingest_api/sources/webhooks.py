@@ -43,8 +43,10 @@ from ingest_api.handoff import (
 from ingest_api.http_body import DisconnectedError, gunzip, read_body, send_accepted
 from ingest_api.problems import (
     ProblemError,
+    not_ready,
     problem_error_response,
     problem_response,
+    unavailable_to_check,
 )
 from ingest_api.rate_limit import too_many_requests
 from ingest_api.responses import queued_body
@@ -151,13 +153,7 @@ async def serve_webhook(
 ) -> None:
     try:
         if state is None:
-            raise ProblemError(
-                503,
-                "Starting",
-                "the API is not ready",
-                kind="not-ready",
-                headers={"Retry-After": "1"},
-            )
+            raise not_ready()
         if scope["method"] != "POST":
             raise ProblemError(405, "Method not allowed", "use POST", headers={"Allow": "POST"})
         await _receive(state, scope, receive, send)
@@ -244,13 +240,7 @@ async def _source(state: IngestState, source_id: str, max_age: float | None = No
     try:
         source = await state.hook_sources.find(source_id, max_age=max_age)
     except KeysUnavailableError:
-        raise ProblemError(
-            503,
-            "Unavailable",
-            "the source cannot be checked now: retry after Retry-After seconds",
-            kind="unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise unavailable_to_check("source") from None
     if source is None:
         raise _refused("unknown-source", "this source is unknown or revoked", ("path", "sourceId"))
     return source
