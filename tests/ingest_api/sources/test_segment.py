@@ -197,3 +197,14 @@ async def test_keys_gzip_and_one_bad_event_in_a_batch(
     assert (await http.get("/v1/batch", headers=basic(site.key))).status_code == 405
     no_batch = await http.post("/v1/batch", content=b'{"batch": []}', headers=basic(site.key))
     assert no_batch.status_code == 422
+
+
+async def test_the_site_key_s_rate_limit_answers_429_with_retry_after(
+    http: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    site = await make_site(engine, tenant.id, rate=0.01, burst=1)
+    body = orjson.dumps({"batch": [track("r-1")]})
+    assert (await http.post("/v1/batch", content=body, headers=basic(site.key))).status_code == 200
+    limited = await http.post("/v1/batch", content=body, headers=basic(site.key))
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) >= 1
