@@ -27,6 +27,8 @@ from ingest_api.routes import companies, events, health, people
 from ingest_api.sources import snippet
 from ingest_api.sources.beacon import BEACON_PATH, serve_beacon
 from ingest_api.sources.pixel import PIXEL_PATH, serve_pixel
+from ingest_api.sources.segment import PATHS as SEGMENT_PATHS
+from ingest_api.sources.segment import serve_segment
 from ingest_api.sources.site_keys import SiteKeys
 from ingest_api.sources.webhook_sources import WebhookSources
 from ingest_api.sources.webhooks import HOOKS_PREFIX, serve_webhook
@@ -276,5 +278,10 @@ def create_app(settings: Settings | None = None) -> Intake:
     return Intake(
         app,
         verifier,
-        {PIXEL_PATH: serve_pixel, BEACON_PATH: serve_beacon, HOOKS_PREFIX: serve_webhook},
+        {
+            PIXEL_PATH: serve_pixel,
+            BEACON_PATH: serve_beacon,
+            HOOKS_PREFIX: serve_webhook,
+            **dict.fromkeys(SEGMENT_PATHS, serve_segment),
+        },
     )

@@ -6,27 +6,15 @@ from typing import Any
 from fastapi import FastAPI
 
 from ingest_api.handoff import BATCH_BODY_LIMIT, BATCH_MAX_EVENTS, EVENT_BODY_LIMIT
+from ingest_api.openapi_segment import segment_paths
 from ingest_api.paths import BATCH_PATH, EVENTS_PATH
+from ingest_api.problems import problem_responses
 from ingest_api.sources import beacon, pixel, webhooks
 from shared.contract.events import EventIn
 from shared.contract.problems import Problem
 from shared.settings import Settings
 
-
-def problems(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for these statuses, each a problem document."""
-    return {
-        code: {
-            "description": text,
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
-        }
-        for code, text in texts.items()
-    }
-
-
-READ_PROBLEMS = problems(
+READ_PROBLEMS = problem_responses(
     {
         401: "Missing, invalid, expired or revoked token, or its tenant unknown or disabled",
         403: "Token lacks the scope",
@@ -36,7 +24,7 @@ READ_PROBLEMS = problems(
 )
 
 
-PROBLEMS = problems(
+PROBLEMS = problem_responses(
     {
         400: "Malformed JSON, or gzip that is invalid, truncated or followed by other bytes",
         401: "Missing, invalid, expired or revoked token, or its tenant unknown or disabled",
@@ -54,7 +42,7 @@ PROBLEMS = problems(
         ),
     }
 )
-BEACON_PROBLEMS = problems(
+BEACON_PROBLEMS = problem_responses(
     {
         400: "Malformed JSON",
         401: "Unknown or revoked site key",
@@ -90,7 +78,9 @@ def document(app: FastAPI, settings: Settings) -> None:
             for path, operations in openapi_paths(settings, schemas).items():
                 schema["paths"].setdefault(path, {}).update(operations)
             schema["components"]["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                # Segment's write key as the user name, no password.
+                "basic": {"type": "http", "scheme": "basic"},
             }
             app.openapi_schema = schema
         return app.openapi_schema
@@ -98,7 +88,7 @@ def document(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
-WEBHOOK_PROBLEMS = problems(
+WEBHOOK_PROBLEMS = problem_responses(
     {
         400: "Malformed JSON, or gzip that is invalid, truncated or followed by other bytes",
         401: "Unknown or revoked source; a missing, malformed, stale (more than"
@@ -223,6 +213,7 @@ def openapi_paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]
         pixel.PIXEL_PATH: {"get": _pixel_operation()},
         beacon.BEACON_PATH: _beacon_operations(),
         f"{webhooks.HOOKS_PREFIX}{{sourceId}}": {"post": _webhook_operation()},
+        **segment_paths(),
     }
 
 

@@ -114,3 +114,16 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers) if exc.headers else None
         return problem_response(exc.status_code, str(exc.detail), headers=headers)
+
+
+def problem_responses(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these statuses, each a problem document."""
+    return {
+        code: {
+            "description": text,
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        for code, text in texts.items()
+    }

@@ -1,5 +1,5 @@
-"""Front doors: one adapter per way events arrive (the partner API, the pixel, the beacon;
-later webhooks, SDK protocols).
+"""Front doors: one adapter per way events arrive (the partner API, the pixel, the beacon,
+signed webhooks, Segment's HTTP Tracking API; later other SDK protocols).
 
 An adapter authenticates its own kind of key, reads its own wire format within its own limits,
 maps what it read onto `EventIn`, and hands each event to the one enqueue path

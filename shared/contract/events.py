@@ -257,8 +257,13 @@ def _unstorable(value: Any, path: str, *, numbers: bool = True, depth: int = 0) 
     return None
 
 
+def metadata_problem(value: dict[str, Any]) -> str | None:
+    """Why `value` cannot be stored as an event's metadata, or None if it can."""
+    return _unstorable(value, "metadata")
+
+
 def _free_form(value: dict[str, Any]) -> dict[str, Any]:
-    if (problem := _unstorable(value, "metadata")) is not None:
+    if (problem := metadata_problem(value)) is not None:
         raise ValueError(f"{problem}, which cannot be stored")
     return value
 
