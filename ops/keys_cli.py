@@ -29,6 +29,16 @@ source_app = typer.Typer(
 )
 
 
+async def _tenant_filter(conn: Any, tenant: str | None) -> UUID | None:
+    """The id of the tenant a list is limited to (None: every tenant); an unknown one fails."""
+    if tenant is None:
+        return None
+    tenant_id = await tenant_id_of(conn, tenant)
+    if tenant_id is None:
+        raise CommandError(f"no tenant named {tenant!r}")
+    return tenant_id
+
+
 @site_app.command("create")
 def site_create(
     tenant: Annotated[str, typer.Option(help="Tenant name.")],
@@ -79,11 +89,7 @@ def site_list(
     """List site keys, oldest first: key, tenant, state, IP policy, rate, origins."""
 
     async def read(conn: Any) -> tuple[list[Site], dict[UUID, str]]:
-        tenant_id = None
-        if tenant is not None:
-            tenant_id = await tenant_id_of(conn, tenant)
-            if tenant_id is None:
-                raise CommandError(f"no tenant named {tenant!r}")
+        tenant_id = await _tenant_filter(conn, tenant)
         sites = await list_sites(conn, tenant_id=tenant_id)
         return sites, await tenant_names(conn, {site.tenant_id for site in sites})
 
@@ -164,11 +170,7 @@ def source_list(
     """List webhook sources, oldest first: id, tenant, name, state, rate (never the secret)."""
 
     async def read(conn: Any) -> tuple[list[Source], dict[UUID, str]]:
-        tenant_id = None
-        if tenant is not None:
-            tenant_id = await tenant_id_of(conn, tenant)
-            if tenant_id is None:
-                raise CommandError(f"no tenant named {tenant!r}")
+        tenant_id = await _tenant_filter(conn, tenant)
         sources = await list_sources(conn, tenant_id=tenant_id)
         return sources, await tenant_names(conn, {source.tenant_id for source in sources})
 

@@ -31,11 +31,12 @@ from ingest_api.handoff import (
     plan_events,
     queue_planned,
 )
-from ingest_api.http_body import JSON, DisconnectedError, gunzip, read_body
-from ingest_api.problems import ProblemError, problem_error_response, problem_response
+from ingest_api.http_body import JSON, gunzip, read_body
+from ingest_api.problems import ProblemError, unavailable_to_check
 from ingest_api.rate_limit import too_many_requests
 from ingest_api.sources.browser import query_params
 from ingest_api.sources.key_cache import KeysUnavailableError
+from ingest_api.sources.post_door import post_door
 from ingest_api.sources.segment_mapping import map_message, parse_time
 from ingest_api.sources.site_keys import origin_allowed
 from ingest_api.state import IngestState
@@ -59,30 +60,6 @@ MESSAGE_ID_LIMIT = 255
 SKIPPED = Counter(
     "leadstream_segment_skipped_total", "Segment/RudderStack messages skipped", ["reason"]
 )
-
-
-async def serve_segment(
-    state: IngestState | None, scope: Scope, receive: Receive, send: Send
-) -> None:
-    try:
-        if state is None:
-            raise ProblemError(
-                503,
-                "Starting",
-                "the API is not ready",
-                kind="not-ready",
-                headers={"Retry-After": "1"},
-            )
-        if scope["method"] != "POST":
-            raise ProblemError(405, "Method not allowed", "use POST", headers={"Allow": "POST"})
-        await _receive(state, scope, receive, send)
-    except DisconnectedError:
-        return
-    except ProblemError as exc:
-        await problem_error_response(exc)(scope, receive, send)
-    except Exception:
-        log.exception("segment.error")
-        await problem_response(500, "Internal server error", kind="internal")(scope, receive, send)
 
 
 async def _receive(state: IngestState, scope: Scope, receive: Receive, send: Send) -> None:
@@ -142,13 +119,7 @@ async def _site(state: IngestState, key: str | None) -> Site:
     try:
         site = await state.sites.find(key)
     except KeysUnavailableError:
-        raise ProblemError(
-            503,
-            "Unavailable",
-            "the key cannot be checked now: retry after Retry-After seconds",
-            kind="unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise unavailable_to_check("key") from None
     if site is None:
         raise ProblemError(
             401,
@@ -222,3 +193,6 @@ async def _ok(send: Send) -> None:
     headers = [(b"content-type", JSON), (b"content-length", b"2")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"{}"})
+
+
+serve_segment = post_door("segment", _receive)

@@ -40,17 +40,15 @@ from ingest_api.handoff import (
     plan_events,
     queue_planned,
 )
-from ingest_api.http_body import DisconnectedError, gunzip, read_body, send_accepted
+from ingest_api.http_body import gunzip, read_body, send_accepted
 from ingest_api.problems import (
     ProblemError,
-    not_ready,
-    problem_error_response,
-    problem_response,
     unavailable_to_check,
 )
 from ingest_api.rate_limit import too_many_requests
 from ingest_api.responses import queued_body
 from ingest_api.sources.key_cache import KeysUnavailableError
+from ingest_api.sources.post_door import post_door
 from ingest_api.state import IngestState
 from shared.db.sources import Source
 from shared.ids import derived_id
@@ -148,24 +146,6 @@ def _verified(source: Source, timestamp: int, signatures: list[str], body: bytes
     return matched
 
 
-async def serve_webhook(
-    state: IngestState | None, scope: Scope, receive: Receive, send: Send
-) -> None:
-    try:
-        if state is None:
-            raise not_ready()
-        if scope["method"] != "POST":
-            raise ProblemError(405, "Method not allowed", "use POST", headers={"Allow": "POST"})
-        await _receive(state, scope, receive, send)
-    except DisconnectedError:
-        return
-    except ProblemError as exc:
-        await problem_error_response(exc)(scope, receive, send)
-    except Exception:
-        log.exception("webhook.error")
-        await problem_response(500, "Internal server error", kind="internal")(scope, receive, send)
-
-
 async def _receive(state: IngestState, scope: Scope, receive: Receive, send: Send) -> None:
     headers = dict(scope["headers"])
     source_id = scope["path"][len(HOOKS_PREFIX) :]
@@ -244,3 +224,6 @@ async def _source(state: IngestState, source_id: str, max_age: float | None = No
     if source is None:
         raise _refused("unknown-source", "this source is unknown or revoked", ("path", "sourceId"))
     return source
+
+
+serve_webhook = post_door("webhook", _receive)
