@@ -103,9 +103,15 @@ async def test_a_bug_outside_the_per_event_isolation_dead_letters_the_batch(
         events = [_inquiry(tenant) for _ in range(3)]
         push(broker, ("leads", message(events)), markers=events)
         outcomes = await wait_outcomes(broker, engine, [e.id for e in events], timeout=60)
-        # Acknowledged once dead-lettered: neither dropped nor left for redelivery.
+        # Acknowledged once dead-lettered: neither dropped nor left for redelivery. The ack
+        # follows the task's return (acks_late), a moment after its log line.
         await _logged(worker, lambda log: '"batch.processed"' in log, "the batch processed")
-        left = broker.llen("leads") + broker.hlen("unacked")
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            left = broker.llen("leads") + broker.hlen("unacked")
+            if not left or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
     finally:
         stop(worker.process)
         broker.flushdb()
